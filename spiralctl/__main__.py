@@ -1,0 +1,3 @@
+from spiralctl.cli import main
+
+main()

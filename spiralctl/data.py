@@ -1,0 +1,219 @@
+"""Spiral sequence datasets: generate, save, load, check and batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spiralctl import __version__
+from spiralctl.errors import SpiralError
+from spiralctl.files import read_safetensors, write_safetensors
+
+DATASET_FORMAT = "spiralctl-dataset/1"
+LABELS = ("clockwise", "anticlockwise")
+STYLES = ("direction", "lux")
+SPLITS = ("train", "val", "test")
+
+# MLUtils.Datasets.make_spiral's constants, as the Lux tutorial uses them.
+LUX_A, LUX_THETA, LUX_B = 6.5, 16.0, 104.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a dataset is generated. Defaults are the Lux tutorial's."""
+
+    sequences: int = 1000
+    length: int = 50
+    noise: float = 0.1
+    style: str = "direction"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.sequences < 2 or self.sequences % 2:
+            raise SpiralError(
+                f"--sequences must be an even number of at least 2 so that the two classes "
+                f"are balanced (got {self.sequences})"
+            )
+        if self.length < 2:
+            raise SpiralError(f"--length must be at least 2 points (got {self.length})")
+        if not np.isfinite(self.noise) or self.noise < 0:
+            raise SpiralError(f"--noise must be a finite number >= 0 (got {self.noise})")
+        if self.style not in STYLES:
+            raise SpiralError(f"--style must be one of {', '.join(STYLES)} (got {self.style!r})")
+        if not 0 < self.val_fraction < 1:
+            raise SpiralError(f"--val-fraction must be above 0 and below 1 (got {self.val_fraction})")
+        if not 0 <= self.test_fraction < 1:
+            raise SpiralError(f"--test-fraction must be at least 0 and below 1 (got {self.test_fraction})")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise SpiralError(
+                f"--val-fraction ({self.val_fraction}) and --test-fraction ({self.test_fraction}) "
+                "must add up to less than 1 so that some sequences are left to train on"
+            )
+        counts = self.split_counts()
+        empty = [name for name, n in counts.items() if n == 0 and (name != "test" or self.test_fraction > 0)]
+        if empty:
+            raise SpiralError(
+                f"--sequences {self.sequences} is too few for the fractions given: the "
+                f"{' and '.join(empty)} split would be empty; ask for more sequences"
+            )
+
+    def split_counts(self) -> dict[str, int]:
+        """Sequences per split; each split holds as many of one class as of the other."""
+        per_class = self.sequences // 2
+        val = round(per_class * self.val_fraction)
+        test = round(per_class * self.test_fraction)
+        return {"train": 2 * (per_class - val - test), "val": 2 * val, "test": 2 * test}
+
+
+@dataclass
+class Dataset:
+    """Sequences `x: float32[N, T, 2]` and labels `y: uint8[N]` (0 clockwise, 1 anticlockwise)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    metadata: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def length(self) -> int:
+        return int(self.x.shape[1])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.x.tobytes())
+        digest.update(self.y.tobytes())
+        return digest.hexdigest()[:16]
+
+
+def spiral_points(angle: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """make_spiral's arm: radius a*(b-i)/b at angle `angle`, point (r sin, r cos)."""
+    radius = LUX_A * (LUX_B - step) / LUX_B
+    return np.stack([radius * np.sin(angle), radius * np.cos(angle)], axis=-1)
+
+
+def _generate_all(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    n, length = config.sequences, config.length
+    step = np.arange(length, dtype=np.float64)[None, :]
+    labels = np.repeat(np.array([0, 1], dtype=np.uint8), n // 2)
+    if config.style == "direction":
+        # Increasing angle is clockwise in (sin, cos) coordinates; anticlockwise runs backwards.
+        # A random start angle per sequence leaves the turning direction as the only cue.
+        start = rng.uniform(0.0, 2 * np.pi, size=(n, 1))
+        sign = np.where(labels == 0, 1.0, -1.0)[:, None]
+        points = spiral_points(start + sign * step * np.pi / LUX_THETA, step)
+    else:
+        # The tutorial's data: class 0 is make_spiral's first arm, class 1 its second arm,
+        # which is the first one negated (rotated by 180 degrees): both turn the same way.
+        points = spiral_points(step * np.pi / LUX_THETA, step).repeat(n, axis=0)
+        points[labels == 1] *= -1
+    points = points + rng.normal(0.0, config.noise, size=points.shape)
+    return points.astype(np.float32), labels
+
+
+def generate(config: DataConfig) -> dict[str, Dataset]:
+    """Generate the splits described by `config`; same config, same arrays."""
+    config.check()
+    rng = np.random.default_rng(config.seed)
+    x, y = _generate_all(config, rng)
+    counts = config.split_counts()
+    # Stratified split: each class is shuffled and cut the same way, then each split is shuffled.
+    per_class = [rng.permutation(np.flatnonzero(y == label)) for label in (0, 1)]
+    datasets: dict[str, Dataset] = {}
+    start = 0
+    for split in SPLITS:
+        half = counts[split] // 2
+        if split == "test" and half == 0:
+            continue
+        index = np.concatenate([ids[start : start + half] for ids in per_class])
+        index = index[rng.permutation(len(index))]
+        start += half
+        datasets[split] = Dataset(x[index], y[index], dataset_metadata(config, split))
+    return datasets
+
+
+def dataset_metadata(config: DataConfig, split: str) -> dict[str, str]:
+    from spiralctl.devices import tinygrad_version
+
+    return {
+        "format": DATASET_FORMAT,
+        "generator": json.dumps(asdict(config), sort_keys=True),
+        "split": split,
+        "labels": json.dumps(list(LABELS)),
+        "spiralctl_version": __version__,
+        "tinygrad_version": tinygrad_version(),
+    }
+
+
+def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = False) -> list[Path]:
+    """Write each split to OUT_DIR/<split>.safetensors; refuse to overwrite unless `force`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpiralError(f"{out_dir} exists and is not a folder; choose another output folder")
+    paths = {split: out_dir / f"{split}.safetensors" for split in datasets}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise SpiralError(f"{', '.join(existing)} already exists; pass --force to overwrite")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpiralError(f"cannot create {out_dir}: {exc.strerror}") from exc
+    for split, path in paths.items():
+        data = datasets[split]
+        write_safetensors(path, {"x": data.x, "y": data.y}, data.metadata)
+    return list(paths.values())
+
+
+def load_dataset(path: Path) -> Dataset:
+    """Load and check a dataset file; every problem is a SpiralError naming the file."""
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)
+    kind = metadata.get("format", "")
+    if kind != DATASET_FORMAT:
+        if kind.startswith("spiralctl-checkpoint/"):
+            raise SpiralError(f"{path} is a checkpoint, not a dataset; give a dataset file (from gen-data)")
+        raise SpiralError(
+            f"{path} is not a spiralctl dataset (format {kind or 'missing'!r}); make one with gen-data"
+        )
+    if set(tensors) != {"x", "y"}:
+        raise SpiralError(f"{path}: a dataset holds tensors x and y, found {sorted(tensors)}")
+    x, y = tensors["x"], tensors["y"]
+    if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] != 2 or x.shape[1] < 2:
+        raise SpiralError(f"{path}: x must be float32[N, T, 2] with T >= 2, found {x.dtype}{list(x.shape)}")
+    if y.dtype != np.uint8 or y.shape != (x.shape[0],):
+        raise SpiralError(f"{path}: y must be uint8[{x.shape[0]}], found {y.dtype}{list(y.shape)}")
+    if len(y) == 0:
+        raise SpiralError(f"{path} holds no sequences")
+    if y.max() > 1:
+        raise SpiralError(f"{path}: labels must be 0 (clockwise) or 1 (anticlockwise), found {int(y.max())}")
+    if not np.isfinite(x).all():
+        raise SpiralError(f"{path}: x holds NaN or infinite values; regenerate the file")
+    return Dataset(x, y, metadata)
+
+
+def load_split(data_dir: Path, split: str) -> Dataset:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise SpiralError(f"--data {data_dir} is not a folder; give the folder gen-data wrote")
+    return load_dataset(data_dir / f"{split}.safetensors")
+
+
+def padded_batches(n: int, batch_size: int, order: np.ndarray | None = None):
+    """Yield (index, count) with `index` always `batch_size` long; the tail repeats index 0.
+
+    Every sequence appears once; the last batch is padded so a jitted step keeps one shape,
+    and `count` says how many of the rows are real.
+    """
+    order = np.arange(n) if order is None else order
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        count = len(chunk)
+        if count < batch_size:
+            chunk = np.concatenate([chunk, np.full(batch_size - count, order[0])])
+        yield chunk, count

@@ -1,0 +1,89 @@
+"""User device names -> tinygrad devices, and why a device does not work here."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from spiralctl.errors import SpiralError
+
+# What users type, the tinygrad devices behind it (first that works wins), and how to get it.
+BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "cpu": (
+        ("CPU",),
+        "install clang (Debian: apt-get install -y clang; macOS: xcode-select --install)",
+    ),
+    "cuda": (("CUDA", "NV"), "needs an NVIDIA GPU with its driver and CUDA"),
+    "amd": (("AMD", "HIP"), "needs an AMD GPU with the amdgpu driver (ROCm)"),
+    "metal": (("METAL",), "needs a Mac with Metal"),
+}
+AUTO_ORDER = ("cuda", "amd", "metal", "cpu")
+
+
+def tinygrad_version() -> str:
+    try:
+        return version("tinygrad")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    name: str
+    device: str
+    ok: bool
+    reason: str
+
+
+def probe(device: str) -> tuple[bool, str]:
+    """Can tinygrad open `device` here? Returns (ok, reason when not)."""
+    base = device.split(":")[0].upper()
+    if base == "CPU" and ":LLVM" not in device.upper() and shutil.which("clang") is None:
+        return False, "clang is not installed; " + BACKENDS["cpu"][1]
+    if base == "METAL" and sys.platform != "darwin":
+        return False, "Metal is only on macOS"
+    from tinygrad import Device
+
+    try:
+        Device[device]
+    except Exception as exc:  # tinygrad raises many kinds when a runtime is missing
+        text = str(exc).strip().splitlines()
+        return False, (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:200]
+    return True, ""
+
+
+def list_backends() -> list[DeviceStatus]:
+    rows = []
+    for name, (devices, hint) in BACKENDS.items():
+        for device in devices:
+            ok, reason = probe(device)
+            if not ok and name != "cpu" and "clang" not in reason:
+                reason = f"{reason} ({hint})"
+            rows.append(DeviceStatus(name, device, ok, reason))
+    return rows
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """Turn `auto`, `cpu`, `cuda`, `amd`, `metal` or a tinygrad device string into a working device."""
+    name = requested.strip()
+    key = name.lower()
+    if key == "auto":
+        for backend in AUTO_ORDER:
+            for device in BACKENDS[backend][0]:
+                if probe(device)[0]:
+                    return device
+        raise SpiralError(
+            "--device auto: no usable device found; " + BACKENDS["cpu"][1] + " (see `spiralctl devices`)"
+        )
+    candidates = BACKENDS[key][0] if key in BACKENDS else (name.upper(),)
+    reasons = []
+    for device in candidates:
+        ok, reason = probe(device)
+        if ok:
+            return device
+        reasons.append(f"{device}: {reason}")
+    working = [d for b in AUTO_ORDER for d in BACKENDS[b][0] if probe(d)[0]]
+    instead = f"use --device {working[0].lower()}" if working else BACKENDS["cpu"][1]
+    raise SpiralError(f"--device {name} does not work here ({'; '.join(reasons)}); {instead}")

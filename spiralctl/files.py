@@ -1,0 +1,191 @@
+"""safetensors files, read and written by spiralctl itself.
+
+tinygrad's safe_save is not atomic and its safe_load opens files read-write and
+trusts the header; this module checks every header before it trusts it and
+writes through a temporary file, fsync and rename so that a crash never leaves
+a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from spiralctl.errors import SpiralError
+
+# safetensors dtype names <-> numpy dtypes (the ones spiralctl reads or writes).
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_NAMES = {dt: name for name, dt in DTYPES.items()}
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+@contextmanager
+def atomic_output(path: Path, mode: str = "wb") -> Iterator:
+    """Open a temporary file next to `path`; on success fsync and rename it over `path`.
+
+    On any failure the temporary file is removed and an existing `path` is untouched.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise SpiralError(
+            f"cannot write {path}: {exc.strerror}; check the folder exists and is writable"
+        ) from exc
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise SpiralError(f"cannot write {path}: {exc.strerror}") from exc
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write `tensors` and string `metadata` as a safetensors file, atomically."""
+    header: dict[str, object] = {"__metadata__": dict(metadata)}
+    offset = 0
+    arrays = []
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array)
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        array = array.astype(dtype, copy=False)
+        if dtype not in _NAMES:
+            raise ValueError(f"dtype {array.dtype} of tensor {name} cannot be stored")
+        header[name] = {
+            "dtype": _NAMES[dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+        arrays.append(array)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes
+    with atomic_output(path) as handle:
+        handle.write(struct.pack("<Q", len(blob)))
+        handle.write(blob)
+        for array in arrays:
+            handle.write(array.tobytes())
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError("duplicate key in header")
+    return dict(pairs)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read and check a safetensors file; raise SpiralError naming the file if it is damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise SpiralError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise SpiralError(f"{path} is a folder; give the path of a .safetensors file")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}") from exc
+
+    def bad(why: str) -> SpiralError:
+        return SpiralError(f"{path} is not a valid safetensors file: {why}")
+
+    if len(raw) < 8:
+        raise bad("shorter than the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise bad(f"header length {header_len} is over the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + header_len > len(raw):
+        raise bad(f"header length {header_len} runs past the end of the file")
+    try:
+        text = raw[8 : 8 + header_len].decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise bad("__metadata__ must map strings to strings")
+
+    data = memoryview(raw)[8 + header_len :]
+    entries = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in DTYPES:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(n) is int for n in offsets):
+            raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        entries.append((offsets[0], offsets[1], name, DTYPES[dtype], shape))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    position = 0
+    tensors: dict[str, np.ndarray] = {}
+    for start, end, name, dtype, shape in entries:
+        if start != position or end < start:
+            raise bad(f"tensor {name!r} data_offsets [{start}, {end}] leave a gap or overlap")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if end - start != count * dtype.itemsize:
+            raise bad(
+                f"tensor {name!r} holds {end - start} bytes but its shape needs {count * dtype.itemsize}"
+            )
+        if end > len(data):
+            raise bad(f"tensor {name!r} runs past the end of the file")
+        tensors[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(shape).copy()
+        position = end
+    if position != len(data):
+        raise bad(f"{len(data) - position} bytes after the last tensor")
+    return tensors, metadata

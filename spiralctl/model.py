@@ -1,0 +1,76 @@
+"""The spiral classifier: an LSTM over the points and a linear head on the last hidden state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tinygrad import Tensor
+
+from spiralctl.lstm import lstm
+
+# PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
+PARAMETER_NAMES = (
+    "lstm.weight_ih_l0",
+    "lstm.weight_hh_l0",
+    "lstm.bias_ih_l0",
+    "lstm.bias_hh_l0",
+    "head.weight",
+    "head.bias",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    input_size: int = 2
+    hidden: int = 8
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        h, d = self.hidden, self.input_size
+        return {
+            "lstm.weight_ih_l0": (4 * h, d),
+            "lstm.weight_hh_l0": (4 * h, h),
+            "lstm.bias_ih_l0": (4 * h,),
+            "lstm.bias_hh_l0": (4 * h,),
+            "head.weight": (1, h),
+            "head.bias": (1,),
+        }
+
+
+def init_parameters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """PyTorch's default init (uniform in +-1/sqrt(hidden)), from a numpy generator.
+
+    numpy, not tinygrad's RNG, so the same seed gives the same weights on every device.
+    """
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / np.sqrt(config.hidden)
+    return {
+        name: rng.uniform(-bound, bound, size=shape).astype(np.float32)
+        for name, shape in config.shapes().items()
+    }
+
+
+class SpiralClassifier:
+    """Maps x: [B, T, 2] to one logit per sequence (positive means anticlockwise)."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], device: str) -> None:
+        self.config = config
+        self.device = device
+        self.parameters = {
+            name: Tensor(weights[name], device=device).contiguous().realize() for name in PARAMETER_NAMES
+        }
+
+    def __call__(self, x: Tensor, impl: str = "fused") -> Tensor:
+        p = self.parameters
+        h = lstm(
+            x,
+            p["lstm.weight_ih_l0"],
+            p["lstm.weight_hh_l0"],
+            p["lstm.bias_ih_l0"],
+            p["lstm.bias_hh_l0"],
+            impl=impl,
+        )
+        return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {name: t.numpy() for name, t in self.parameters.items()}

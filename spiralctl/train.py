@@ -1,0 +1,372 @@
+"""Training: TrainConfig, the jitted train step, and fit() with validation and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tinygrad import Context, Tensor, TinyJit
+from tinygrad.nn.optim import Adam
+
+from spiralctl.checkpoint import Checkpoint, save_checkpoint
+from spiralctl.data import Dataset, padded_batches
+from spiralctl.errors import EXIT_FAILURE, SpiralError
+from spiralctl.files import atomic_output
+from spiralctl.inference import Predictor, bce_with_logits, classification_report
+from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained. Defaults are the Lux tutorial's."""
+
+    epochs: int = 25
+    batch_size: int = 128
+    hidden: int = 8
+    lr: float = 0.01
+    seed: int = 0
+
+    def check(self) -> None:
+        for option, value in (
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--hidden", self.hidden),
+        ):
+            if value < 1:
+                raise SpiralError(f"{option} must be at least 1 (got {value})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SpiralError(f"--lr must be a positive number (got {self.lr})")
+
+
+ProgressCallback = Callable[[str, dict], None]
+
+
+def _no_progress(event: str, info: dict) -> None:
+    pass
+
+
+def next_run_dir(base: Path = Path("runs"), prefix: str = "train") -> Path:
+    """runs/train-1, runs/train-2, ...: one past the highest number already there."""
+    numbers = [
+        int(m.group(1))
+        for p in (base.iterdir() if base.is_dir() else [])
+        if (m := re.fullmatch(rf"{prefix}-(\d+)", p.name))
+    ]
+    return base / f"{prefix}-{max(numbers, default=0) + 1}"
+
+
+def prepare_run_dir(run_dir: Path, exist_ok: bool) -> Path:
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpiralError(f"--out {run_dir} is a file; choose a folder for the run")
+    if run_dir.exists() and any(run_dir.iterdir()) and not exist_ok:
+        raise SpiralError(
+            f"--out {run_dir} already exists; pass --exist-ok to write into it, or choose another folder"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpiralError(f"cannot create run folder {run_dir}: {exc.strerror}") from exc
+    return run_dir
+
+
+class Trainer:
+    """A model, its Adam optimizer and the jitted train step on one device."""
+
+    def __init__(self, model: SpiralClassifier, config: TrainConfig, impl: str = "fused") -> None:
+        self.model = model
+        self.config = config
+        self.impl = impl
+        params = [model.parameters[name] for name in PARAMETER_NAMES]
+        self.optimizer = Adam(
+            params, lr=config.lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, fused=False
+        )
+        self.steps = 0
+        self._step = TinyJit(self._train_step)
+
+    def _train_step(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        with Context(TRAINING=1):
+            self.optimizer.zero_grad()
+            losses = bce_with_logits(self.model(x, impl=self.impl), y)
+            loss = (losses * mask).sum() / mask.sum()
+            loss.backward()
+            # realize the loss together with the update: it is the loss of this step's forward pass
+            return loss.realize(*self.optimizer.schedule_step())
+
+    def step(self, x: np.ndarray, y: np.ndarray, count: int) -> float:
+        device = self.model.device
+        mask = np.zeros(len(y), dtype=np.float32)
+        mask[:count] = 1.0
+        loss = self._step(
+            Tensor(x, device=device),
+            Tensor(y.astype(np.float32), device=device),
+            Tensor(mask, device=device),
+        )
+        self.steps += 1
+        return float(loss.item())
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        opt = self.optimizer
+        state: dict[str, np.ndarray] = {
+            "step": np.array([self.steps], dtype=np.int64),
+            "b1_power": opt.b1_t.numpy(),
+            "b2_power": opt.b2_t.numpy(),
+        }
+        for name, m, v in zip(PARAMETER_NAMES, opt.m, opt.v):
+            state[f"{name}.exp_avg"] = m.numpy()
+            state[f"{name}.exp_avg_sq"] = v.numpy()
+        return state
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray], source: Path) -> None:
+        needed = ["step", "b1_power", "b2_power"] + [
+            f"{n}.{s}" for n in PARAMETER_NAMES for s in ("exp_avg", "exp_avg_sq")
+        ]
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise SpiralError(f"{source}: no optimizer state to resume from (missing optimizer.{missing[0]})")
+        opt, device = self.optimizer, self.model.device
+        self.steps = int(state["step"].reshape(-1)[0])
+        opt.b1_t.assign(Tensor(state["b1_power"].astype(np.float32), device=device)).realize()
+        opt.b2_t.assign(Tensor(state["b2_power"].astype(np.float32), device=device)).realize()
+        for name, m, v in zip(PARAMETER_NAMES, opt.m, opt.v):
+            m.assign(Tensor(state[f"{name}.exp_avg"].astype(np.float32), device=device)).realize()
+            v.assign(Tensor(state[f"{name}.exp_avg_sq"].astype(np.float32), device=device)).realize()
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so resume is exact."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    epochs_run: int
+    history: list[dict]
+    best: dict
+    last: dict
+
+
+def fit(
+    train: Dataset,
+    val: Dataset,
+    config: TrainConfig,
+    run_dir: Path,
+    device: str,
+    *,
+    resume: Checkpoint | None = None,
+    data_source: str = "",
+    impl: str = "fused",
+    on_progress: ProgressCallback = _no_progress,
+) -> FitResult:
+    """Train for `config.epochs` epochs in total, validating and checkpointing after each one."""
+    config.check()
+    run_dir = Path(run_dir)
+    model_config = ModelConfig(input_size=2, hidden=config.hidden)
+    weights = resume.weights if resume else init_parameters(model_config, config.seed)
+    model = SpiralClassifier(model_config, weights, device)
+    trainer = Trainer(model, config, impl=impl)
+    start_epoch = 0
+    best_val_loss = math.inf
+    if resume is not None:
+        trainer.load_optimizer_state(resume.optimizer, run_dir / "last.safetensors")
+        start_epoch = resume.epoch
+        best_val_loss = float(resume.metrics.get("best_val_loss", math.inf))
+    if start_epoch >= config.epochs:
+        raise SpiralError(
+            f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs; "
+            f"ask for more than {start_epoch}"
+        )
+    predictor = Predictor(model, config.batch_size)
+    fingerprint = train.fingerprint()
+    train_record = {**asdict(config), "device": device, "data": data_source, "impl": impl}
+    n, batch = len(train), config.batch_size
+    batches = math.ceil(n / batch)
+    on_progress(
+        "start",
+        {
+            "epochs": config.epochs,
+            "start_epoch": start_epoch,
+            "batches": batches,
+            "train": n,
+            "val": len(val),
+            "device": device,
+            "run_dir": str(run_dir),
+        },
+    )
+    history: list[dict] = []
+    best: dict = {}
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        order = epoch_order(config.seed, epoch, n)
+        started = time.perf_counter()
+        loss_sum = 0.0
+        for number, (index, count) in enumerate(padded_batches(n, batch, order), start=1):
+            loss = trainer.step(train.x[index], train.y[index], count)
+            if not math.isfinite(loss):
+                raise SpiralError(
+                    f"training loss became {loss} in epoch {epoch}; the last good checkpoint is "
+                    f"{run_dir / 'last.safetensors'}; try a smaller --lr (now {config.lr})",
+                    exit_code=EXIT_FAILURE,
+                )
+            loss_sum += loss * count
+            elapsed = time.perf_counter() - started
+            on_progress(
+                "batch",
+                {
+                    "epoch": epoch,
+                    "batch": number,
+                    "batches": batches,
+                    "loss": loss,
+                    "sequences_per_second": min(number * batch, n) / max(elapsed, 1e-9),
+                },
+            )
+        train_seconds = time.perf_counter() - started
+        report = classification_report(predictor.logits(val.x), val.y)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum / n,
+            "val_loss": report["loss"],
+            "val_accuracy": report["accuracy"],
+            "train_seconds": train_seconds,
+            "sequences_per_second": n / train_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+        improved = metrics["val_loss"] < best_val_loss
+        best_val_loss = min(best_val_loss, metrics["val_loss"])
+        checkpoint = Checkpoint(
+            model=model_config,
+            weights=model.state_dict(),
+            epoch=epoch,
+            train_config=train_record,
+            metrics={**metrics, "best_val_loss": best_val_loss},
+            data_fingerprint=fingerprint,
+            optimizer=trainer.optimizer_state(),
+        )
+        save_checkpoint(run_dir / "last.safetensors", checkpoint)
+        if improved:
+            save_checkpoint(run_dir / "best.safetensors", checkpoint)
+            best = metrics
+        append_metrics(run_dir / "metrics.jsonl", metrics)
+        history.append(metrics)
+        on_progress("epoch", {**metrics, "epochs": config.epochs, "best": improved})
+    return FitResult(run_dir=run_dir, epochs_run=len(history), history=history, best=best, last=history[-1])
+
+
+def append_metrics(path: Path, metrics: dict) -> None:
+    """Add one line to metrics.jsonl; earlier lines are kept (the file is replaced atomically)."""
+    old = path.read_bytes() if path.exists() else b""
+    with atomic_output(path) as handle:
+        handle.write(old + (json.dumps(metrics) + "\n").encode())
+
+
+def train_job(
+    config: TrainConfig,
+    *,
+    data_dir: Path | None = None,
+    out: Path | None = None,
+    exist_ok: bool = False,
+    resume_path: Path | None = None,
+    device: str = "auto",
+    impl: str = "fused",
+    on_progress: ProgressCallback = _no_progress,
+) -> dict:
+    """What `spiralctl train` does: load or generate data, set up the run folder, fit, summarise."""
+    from spiralctl.checkpoint import load_checkpoint
+    from spiralctl.data import DataConfig, generate, load_split
+    from spiralctl.devices import resolve_device
+
+    started = time.perf_counter()
+    resume = None
+    if resume_path is not None:
+        resume = load_checkpoint(resume_path)
+        saved = resume.train_config
+        try:
+            config = TrainConfig(
+                epochs=config.epochs,
+                batch_size=int(saved["batch_size"]),
+                hidden=resume.model.hidden,
+                lr=float(saved["lr"]),
+                seed=int(saved["seed"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise SpiralError(
+                f"--resume {resume_path}: the checkpoint's training config is incomplete"
+            ) from None
+        out = Path(resume_path).parent
+        exist_ok = True
+    config.check()
+    tinygrad_device = resolve_device(device)
+    if data_dir is not None:
+        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+        if train.length != val.length:
+            raise SpiralError(f"--data {data_dir}: train and val sequences differ in length")
+        source = str(data_dir)
+    else:
+        splits = generate(DataConfig(seed=config.seed))
+        train, val = splits["train"], splits["val"]
+        source = f"generated: {json.dumps(asdict(DataConfig(seed=config.seed)), sort_keys=True)}"
+    if resume is not None and resume.data_fingerprint and resume.data_fingerprint != train.fingerprint():
+        raise SpiralError(
+            f"--resume {resume_path}: the training data differs from the data this run started on; "
+            "give the same --data (or none, if the run used the generated default)"
+        )
+    run_dir = prepare_run_dir(out if out is not None else next_run_dir(), exist_ok)
+    result = fit(
+        train,
+        val,
+        config,
+        run_dir,
+        tinygrad_device,
+        resume=resume,
+        data_source=source,
+        impl=impl,
+        on_progress=on_progress,
+    )
+    if not result.best and resume is not None:
+        result.best = {k: v for k, v in resume.metrics.items() if k != "best_val_loss"}
+    return {
+        "run_dir": str(result.run_dir),
+        "device": tinygrad_device,
+        "epochs_run": result.epochs_run,
+        "best": result.best,
+        "last": result.last,
+        "best_checkpoint": str(result.run_dir / "best.safetensors"),
+        "last_checkpoint": str(result.run_dir / "last.safetensors"),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def evaluate(
+    checkpoint_path: Path,
+    data_path: Path,
+    device: str = "auto",
+    batch_size: int = 128,
+    threshold: float = 0.5,
+) -> dict:
+    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on a dataset file."""
+    from spiralctl.checkpoint import load_checkpoint
+    from spiralctl.data import load_dataset
+    from spiralctl.devices import resolve_device
+
+    if batch_size < 1:
+        raise SpiralError(f"--batch-size must be at least 1 (got {batch_size})")
+    checkpoint = load_checkpoint(checkpoint_path)
+    data = load_dataset(data_path)
+    tinygrad_device = resolve_device(device)
+    model = SpiralClassifier(checkpoint.model, checkpoint.weights, tinygrad_device)
+    report = classification_report(Predictor(model, batch_size).logits(data.x), data.y, threshold)
+    return {
+        **report,
+        "checkpoint": str(checkpoint_path),
+        "data": str(data_path),
+        "device": tinygrad_device,
+    }

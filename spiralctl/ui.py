@@ -1,0 +1,212 @@
+"""Rendering: Rich progress and tables on a console that is passed in, and JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+LABEL_STYLE = {"clockwise": "cyan", "anticlockwise": "magenta"}
+
+
+def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
+    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=True)
+
+
+def print_json(console: Console, value: object) -> None:
+    """One JSON object on one line, written as plain text (no Rich markup or wrapping)."""
+    console.file.write(json.dumps(value) + "\n")
+    console.file.flush()
+
+
+def epoch_line(m: dict) -> str:
+    return (
+        f"epoch {m['epoch']}/{m['epochs']}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
+        f"val acc {m['val_accuracy']:.4f}  {m['sequences_per_second']:.0f} seq/s  {m['seconds']:.1f}s"
+        + ("  *best" if m.get("best") else "")
+    )
+
+
+class TrainProgress:
+    """Renders fit()'s progress events on stderr.
+
+    In a terminal: a live bar over all batches with loss, validation accuracy, speed and time
+    left, and one line that stays after each epoch. Elsewhere (a log file, CI): one plain line
+    per epoch. Quiet: nothing.
+    """
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.task = None
+        self.val_accuracy = float("nan")
+
+    def __call__(self, event: str, info: dict) -> None:
+        if self.quiet:
+            return
+        if event == "start":
+            self._start(info)
+        elif event == "batch" and self.progress is not None:
+            self.progress.update(
+                self.task,
+                advance=1,
+                loss=info["loss"],
+                speed=info["sequences_per_second"],
+                description=f"epoch {info['epoch']}",
+            )
+        elif event == "epoch":
+            self.val_accuracy = info["val_accuracy"]
+            if self.progress is not None:
+                self.progress.update(self.task, val_accuracy=self.val_accuracy)
+                self.progress.console.print(epoch_line(info))
+            else:
+                self.console.print(epoch_line(info), markup=False)
+
+    def _start(self, info: dict) -> None:
+        remaining = info["epochs"] - info["start_epoch"]
+        self.console.print(
+            f"training on {info['device']}: {info['train']} sequences, validating on {info['val']}, "
+            f"epochs {info['start_epoch'] + 1}-{info['epochs']} -> {info['run_dir']}",
+            markup=False,
+        )
+        if not self.live:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("val acc {task.fields[val_accuracy]:.3f}"),
+            TextColumn("{task.fields[speed]:.0f} seq/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.progress.add_task(
+            "epoch",
+            total=remaining * info["batches"],
+            loss=float("nan"),
+            val_accuracy=float("nan"),
+            speed=0.0,
+        )
+        self.progress.start()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def train_summary(console: Console, result: dict) -> None:
+    table = Table(title="training finished", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    best, last = result["best"], result["last"]
+    table.add_row("run folder", result["run_dir"])
+    table.add_row("epochs", f"{last['epoch']}")
+    if best:
+        table.add_row(
+            "best",
+            f"epoch {best['epoch']}: val loss {best['val_loss']:.4f}, val acc {best['val_accuracy']:.4f}",
+        )
+    table.add_row(
+        "last",
+        f"epoch {last['epoch']}: val loss {last['val_loss']:.4f}, val acc {last['val_accuracy']:.4f}",
+    )
+    table.add_row(
+        "checkpoints", f"{result['run_dir']}/best.safetensors, {result['run_dir']}/last.safetensors"
+    )
+    table.add_row("time", f"{result['seconds']:.1f}s on {result['device']}")
+    console.print(table)
+
+
+def eval_report(console: Console, report: dict) -> None:
+    summary = Table(
+        title=f"{report['data']} ({report['n']} sequences)", show_header=False, title_justify="left"
+    )
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("accuracy", f"{report['accuracy']:.4f}")
+    summary.add_row("loss", f"{report['loss']:.4f}")
+    summary.add_row("threshold", f"{report['threshold']}")
+    console.print(summary)
+
+    per_class = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in report["per_class"].items():
+        per_class.add_row(
+            f"[{LABEL_STYLE[name]}]{name}[/]",
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+        )
+    console.print(per_class)
+
+    confusion = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    confusion.add_column("clockwise", justify="right")
+    confusion.add_column("anticlockwise", justify="right")
+    for name, row in zip(("clockwise", "anticlockwise"), report["confusion"]):
+        confusion.add_row(name, *(str(v) for v in row))
+    console.print(confusion)
+
+
+def predictions_table(console: Console, rows: list[dict]) -> None:
+    table = Table(title_justify="left")
+    table.add_column("sequence")
+    table.add_column("points", justify="right")
+    table.add_column("P(anticlockwise)", justify="right")
+    table.add_column("label")
+    has_truth = any("true_label" in row for row in rows)
+    if has_truth:
+        table.add_column("true label")
+    for row in rows:
+        cells = [
+            row["sequence"],
+            str(row["points"]),
+            f"{row['probability']:.4f}",
+            f"[{LABEL_STYLE[row['label']]}]{row['label']}[/]",
+        ]
+        if has_truth:
+            cells.append(row.get("true_label", ""))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def datasets_table(console: Console, rows: list[dict]) -> None:
+    table = Table(title_justify="left")
+    for column in ("split", "sequences", "clockwise", "anticlockwise", "length", "file"):
+        table.add_column(column, justify="left" if column in ("split", "file") else "right", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["split"],
+            str(row["sequences"]),
+            str(row["clockwise"]),
+            str(row["anticlockwise"]),
+            str(row["length"]),
+            row["file"],
+        )
+    console.print(table)
+
+
+def devices_table(console: Console, rows: list[dict]) -> None:
+    table = Table(title_justify="left")
+    for column in ("backend", "tinygrad device", "works", "why not"):
+        table.add_column(column)
+    for row in rows:
+        works = "[green]yes[/]" if row["ok"] else "[red]no[/]"
+        table.add_row(row["name"], row["device"], works, row["reason"])
+    console.print(table)
+
+
+def error_line(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
