@@ -58,7 +58,7 @@ class Predictor:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)  # no overflow
 
 
 def bce_numpy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -205,6 +205,9 @@ def fit(
     )
     history: list[dict] = []
     best: dict = {}
+    if resume is None:  # a fresh run starts its own metrics; a resumed one appends
+        with atomic_output(run_dir / "metrics.jsonl") as handle:
+            handle.write(b"")
     for epoch in range(start_epoch + 1, config.epochs + 1):
         order = epoch_order(config.seed, epoch, n)
         started = time.perf_counter()
@@ -212,9 +215,14 @@ def fit(
         for number, (index, count) in enumerate(padded_batches(n, batch, order), start=1):
             loss = trainer.step(train.x[index], train.y[index], count)
             if not math.isfinite(loss):
+                kept = (
+                    f"the last good checkpoint is {run_dir / 'last.safetensors'} (epoch {epoch - 1})"
+                    if epoch > 1
+                    else "no checkpoint was written"
+                )
                 raise SpiralError(
-                    f"training loss became {loss} in epoch {epoch}; the last good checkpoint is "
-                    f"{run_dir / 'last.safetensors'}; try a smaller --lr (now {config.lr})",
+                    f"training loss became {loss} in epoch {epoch}; {kept}; "
+                    f"try a smaller --lr (now {config.lr})",
                     exit_code=EXIT_FAILURE,
                 )
             loss_sum += loss * count

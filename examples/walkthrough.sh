@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole journey on the built-in defaults: generate data, train, evaluate, predict.
+# Usage: bash examples/walkthrough.sh [WORK_DIR]   (default: demo)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=${1:-demo}
+
+# 1000 direction spirals of 50 points: 600 to train, 200 to validate, 200 held out to test
+spiralctl gen-data "$work/data" --test-fraction 0.2 --force
+# hidden 8, batch 128, Adam lr 0.01, 25 epochs: the Lux tutorial's settings
+spiralctl train --data "$work/data" --out "$work/run" --exist-ok
+spiralctl eval "$work/run/best.safetensors" "$work/data/test.safetensors"
+# four hand-made spirals of 20 to 80 points, in a CSV with header sequence,x,y
+spiralctl predict "$work/run/best.safetensors" "$here/spirals.csv"

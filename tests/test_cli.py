@@ -1,0 +1,226 @@
+"""End to end through Typer's CliRunner: every command, its JSON, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spiralctl import __version__
+from spiralctl.cli import app
+from spiralctl.files import read_safetensors, write_safetensors
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(app, [str(a) for a in args], input=input)
+
+    return invoke
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "Traceback" not in result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_version(run):
+    result = run("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"spiralctl {__version__}"
+
+
+def test_help_lists_commands_in_journey_order(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    commands = result.output[result.output.index("Commands") :]
+    positions = [commands.index(f" {name} ") for name in ("gen-data", "train", "eval", "predict", "devices")]
+    assert positions == sorted(positions)
+
+
+def test_gen_data_json_and_files(run):
+    result = run("gen-data", "data", "--sequences", 40, "--length", 8, "--test-fraction", 0.2, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert [s["split"] for s in summary["splits"]] == ["train", "val", "test"]
+    assert sum(s["sequences"] for s in summary["splits"]) == 40
+    assert all(s["clockwise"] == s["anticlockwise"] for s in summary["splits"])
+    _, metadata = read_safetensors("data/test.safetensors")
+    assert metadata["split"] == "test"
+
+
+def test_gen_data_table_and_lux_style(run):
+    result = run("gen-data", "lux", "--sequences", 20, "--style", "lux")
+    assert result.exit_code == 0
+    assert "train" in result.output and "val" in result.output
+    assert '"style": "lux"' in read_safetensors("lux/train.safetensors")[1]["generator"]
+
+
+def test_train_eval_predict_journey(run, small_data):
+    result = run("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["run_dir"] == "runs/train-1" and summary["last"]["epoch"] == 2
+    checkpoint = "runs/train-1/best.safetensors"
+
+    result = run("eval", checkpoint, small_data / "test.safetensors", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["n"] == 30 and 0 <= report["accuracy"] <= 1
+    assert np.array(report["confusion"]).sum() == 30
+
+    result = run("eval", checkpoint, small_data / "test.safetensors")
+    assert result.exit_code == 0 and "confusion" in result.output and "precision" in result.output
+
+    result = run("predict", checkpoint, small_data / "test.safetensors", "--json")
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert len(rows) == 30
+    assert {row["label"] for row in rows} <= {"clockwise", "anticlockwise"}
+    accuracy = np.mean([row["label"] == row["true_label"] for row in rows])
+    assert accuracy == pytest.approx(report["accuracy"])
+
+    # a second train without --out gets the next number
+    result = run("train", "--data", small_data, "--epochs", 1, "--hidden", 4, "--batch-size", 32, "-q")
+    assert result.exit_code == 0 and "runs/train-2" in result.output
+
+
+def test_train_progress_is_one_line_per_epoch_when_not_a_terminal(run, small_data):
+    result = run("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32)
+    assert result.exit_code == 0
+    epoch_lines = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and "val acc" in epoch_lines[0]
+
+
+def test_predict_inputs(run, trained_run, tmp_path):
+    checkpoint = trained_run / "best.safetensors"
+    rng = np.random.default_rng(0)
+    np.save("one.npy", rng.standard_normal((7, 2)).astype(np.float32))
+    np.save("many.npy", rng.standard_normal((3, 9, 2)))
+    (tmp_path / "mixed.csv").write_text("sequence,x,y\na,0,1\na,1,0\na,0,-1\nb,1,1\nb,2,2\n")
+    (tmp_path / "one.json").write_text(json.dumps([[0, 1], [1, 0], [0, -1]]))
+    (tmp_path / "many.json").write_text(json.dumps([[[0, 1], [1, 0]], [[0, 1], [1, 0], [0, -1], [-1, 0]]]))
+    expected = {
+        "one.npy": [7],
+        "many.npy": [9, 9, 9],
+        "mixed.csv": [3, 2],
+        "one.json": [3],
+        "many.json": [2, 4],
+    }
+    for name, lengths in expected.items():
+        result = run("predict", checkpoint, name, "--json")
+        assert result.exit_code == 0, (name, result.output)
+        rows = [json.loads(line) for line in result.output.splitlines()]
+        assert [row["points"] for row in rows] == lengths
+        assert all(0 <= row["probability"] <= 1 for row in rows)
+
+    result = run("predict", checkpoint, "-", "--json", input="sequence,x,y\ns,0,1\ns,1,0\ns,0,-1\n")
+    assert result.exit_code == 0 and json.loads(result.output)["sequence"] == "s"
+    result = run("predict", checkpoint, "-", "--json", input="[[0, 1], [1, 0]]")
+    assert result.exit_code == 0 and json.loads(result.output)["points"] == 2
+
+    result = run("predict", checkpoint, "mixed.csv", "--output", "out.csv")
+    assert result.exit_code == 0
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "sequence,probability,label" and len(lines) == 3
+
+
+def test_predict_is_consistent_across_batch_sizes_and_lengths(run, trained_run, small_data):
+    checkpoint = trained_run / "best.safetensors"
+    outputs = []
+    for batch in (1, 7, 128):
+        result = run("predict", checkpoint, small_data / "val.safetensors", "--json", "--batch-size", batch)
+        outputs.append([json.loads(line)["probability"] for line in result.output.splitlines()])
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
+    np.testing.assert_allclose(outputs[0], outputs[2], atol=1e-6)
+
+
+def test_devices_json(run):
+    result = run("devices", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.output)["devices"]
+    cpu = next(row for row in rows if row["name"] == "cpu")
+    assert cpu["ok"] is True
+    assert {row["name"] for row in rows} == {"cpu", "cuda", "amd", "metal"}
+    assert all(row["reason"] for row in rows if not row["ok"])
+
+
+def _bad_files(tmp_path, small_data, trained_run):
+    """Build the bad inputs the error table below refers to."""
+    (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "text.safetensors").write_text("this is not a safetensors file")
+    x, y = read_safetensors(small_data / "val.safetensors")[0].values()
+    meta = read_safetensors(small_data / "val.safetensors")[1]
+    write_safetensors(tmp_path / "shape.safetensors", {"x": x[:, :, :1].copy(), "y": y}, meta)
+    write_safetensors(tmp_path / "labels.safetensors", {"x": x, "y": y + 2}, meta)
+    nan = x.copy()
+    nan[0, 0, 0] = np.nan
+    write_safetensors(tmp_path / "nan.safetensors", {"x": nan, "y": y}, meta)
+    tensors, ck_meta = read_safetensors(trained_run / "best.safetensors")
+    tensors["lstm.weight_hh_l0"] = np.zeros((16, 5), np.float32)
+    write_safetensors(tmp_path / "mismatch.safetensors", tensors, ck_meta)
+    header = b'{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}'
+    (tmp_path / "truncated.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 3)
+
+
+ERRORS = [
+    # (arguments, exit code, text the error line must hold)
+    (["eval", "missing.safetensors", "{data}/val.safetensors"], 2, "missing.safetensors"),
+    (["eval", "folder.safetensors", "{data}/val.safetensors"], 2, "folder"),
+    (["eval", "text.safetensors", "{data}/val.safetensors"], 2, "text.safetensors"),
+    (["eval", "{data}/val.safetensors", "{data}/val.safetensors"], 2, "is a dataset, not a checkpoint"),
+    (["eval", "{ckpt}", "{ckpt}"], 2, "is a checkpoint, not a dataset"),
+    (["eval", "{ckpt}", "shape.safetensors"], 2, "float32[N, T, 2]"),
+    (["eval", "{ckpt}", "labels.safetensors"], 2, "labels must be 0"),
+    (["eval", "{ckpt}", "nan.safetensors"], 2, "NaN"),
+    (["eval", "mismatch.safetensors", "{data}/val.safetensors"], 2, "lstm.weight_hh_l0"),
+    (["eval", "truncated.safetensors", "{data}/val.safetensors"], 2, "truncated.safetensors"),
+    (["eval", "{ckpt}", "{data}/val.safetensors", "--device", "quantum"], 2, "--device quantum"),
+    (["eval", "{ckpt}", "{data}/val.safetensors", "--batch-size", "0"], 2, "--batch-size"),
+    (["predict", "{ckpt}", "missing.csv"], 2, "missing.csv"),
+    (["predict", "{ckpt}", "text.safetensors"], 2, "text.safetensors"),
+    (["predict", "{ckpt}", "folder.safetensors"], 2, "folder"),
+    (["train", "--device", "metal"], 2, "--device metal"),
+    (["train", "--epochs", "0"], 2, "--epochs"),
+    (["train", "--hidden", "-3"], 2, "--hidden"),
+    (["train", "--lr", "-1"], 2, "--lr"),
+    (["train", "--data", "nowhere"], 2, "--data nowhere"),
+    (["train", "--data", "{data}", "--out", "{run}"], 2, "--exist-ok"),
+    (["train", "--resume", "{data}/val.safetensors"], 2, "not a checkpoint"),
+    (["gen-data", "out", "--sequences", "-4"], 2, "--sequences"),
+    (["gen-data", "out", "--val-fraction", "0.7", "--test-fraction", "0.5"], 2, "add up"),
+    (["gen-data", "{data}"], 2, "--force"),
+    (["gen-data", "out", "--style", "round"], 2, "--style"),
+    (["nonsense"], 2, "nonsense"),
+]
+
+
+@pytest.mark.parametrize("args, code, text", ERRORS, ids=[" ".join(e[0][:3]) for e in ERRORS])
+def test_errors_are_one_line_with_exit_code(run, tmp_path, small_data, trained_run, args, code, text):
+    _bad_files(tmp_path, small_data, trained_run)
+    data_copy = tmp_path / "datacopy"
+    shutil.copytree(small_data, data_copy)
+    fill = {"data": data_copy, "ckpt": trained_run / "best.safetensors", "run": trained_run}
+    result = run(*(a.format(**fill) for a in args))
+    assert result.exit_code == code, result.output
+    assert text in _error_line(result)
+
+
+def test_failed_gen_data_leaves_existing_files_untouched(run, small_data, tmp_path):
+    target = tmp_path / "data"
+    shutil.copytree(small_data, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert run("gen-data", target, "--seed", 9).exit_code == 2
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+
+
+def test_debug_shows_the_traceback(run):
+    result = run("--debug", "eval", "missing.safetensors", "missing.safetensors")
+    assert result.exit_code == 2 and "Traceback" in result.output

@@ -1,0 +1,50 @@
+"""The installed `spiralctl` command, in a subprocess, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+EXE = shutil.which("spiralctl") or os.path.join(os.path.dirname(sys.executable), "spiralctl")
+
+
+def _run(*args, **kwargs):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+@pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")
+def test_installed_command_end_to_end(small_data):
+    assert _run("--version").stdout.strip().startswith("spiralctl ")
+    result = _run(
+        "train",
+        "--data",
+        small_data,
+        "--epochs",
+        1,
+        "--hidden",
+        4,
+        "--batch-size",
+        32,
+        "--out",
+        "run",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["last"]["epoch"] == 1
+    assert "epoch 1/1" in result.stderr  # progress goes to stderr, the result to stdout
+    result = _run("predict", "run/last.safetensors", "-", "--json", input="[[0, 1], [1, 0], [0, -1]]")
+    assert result.returncode == 0 and json.loads(result.stdout)["points"] == 3
+    result = _run("eval", "run/last.safetensors", "missing.safetensors")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_python_dash_m(small_data):
+    result = subprocess.run([sys.executable, "-m", "spiralctl", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("spiralctl ")

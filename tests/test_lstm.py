@@ -1,0 +1,79 @@
+"""The fused LSTM kernels and the plain tinygrad recurrence against a numpy reference (and PyTorch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import lstm_numpy
+from tinygrad import Tensor
+
+from spiralctl.lstm import lstm
+
+# (batch, steps, hidden): batch 1, two steps, hidden sizes that are not powers of two
+SHAPES = [(1, 2, 3), (3, 5, 4), (6, 9, 5), (4, 3, 8), (2, 20, 7)]
+# the reference recurrence unrolls over time, which tinygrad schedules slowly: keep it short
+SHORT_SHAPES = [(1, 2, 3), (4, 3, 8)]
+
+
+def _inputs(batch, steps, hidden, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [
+        rng.standard_normal(s).astype(np.float32) * 0.6
+        for s in [(batch, steps, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    ]
+    grad_h = rng.standard_normal((batch, hidden)).astype(np.float32)
+    return arrays, grad_h
+
+
+def _tinygrad_run(impl, arrays, grad_h):
+    tensors = [Tensor(a) for a in arrays]
+    h = lstm(*tensors, impl=impl)
+    (h * Tensor(grad_h)).sum().backward()
+    return h.numpy(), [t.grad.numpy() for t in tensors]
+
+
+@pytest.mark.parametrize(
+    "impl, shape", [("fused", s) for s in SHAPES] + [("reference", s) for s in SHORT_SHAPES]
+)
+def test_forward_and_gradients_match_numpy(impl, shape):
+    arrays, grad_h = _inputs(*shape)
+    h, grads = _tinygrad_run(impl, arrays, grad_h)
+    h_ref, ref = lstm_numpy(*arrays, grad_h=grad_h)
+    np.testing.assert_allclose(h, h_ref, atol=1e-5)
+    np.testing.assert_allclose(grads[0], ref["x"], atol=1e-5)
+    np.testing.assert_allclose(grads[1], ref["w_ih"], atol=1e-5)
+    np.testing.assert_allclose(grads[2], ref["w_hh"], atol=1e-5)
+    np.testing.assert_allclose(grads[3], ref["b"], atol=1e-5)
+    np.testing.assert_allclose(grads[4], ref["b"], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHORT_SHAPES)
+def test_fused_matches_reference_implementation(shape):
+    arrays, grad_h = _inputs(*shape, seed=7)
+    fused = _tinygrad_run("fused", arrays, grad_h)
+    reference = _tinygrad_run("reference", arrays, grad_h)
+    np.testing.assert_allclose(fused[0], reference[0], atol=1e-5)
+    for a, b in zip(fused[1], reference[1]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unknown_implementation_is_refused():
+    arrays, _ = _inputs(1, 2, 3)
+    with pytest.raises(ValueError, match="unknown LSTM implementation"):
+        lstm(*(Tensor(a) for a in arrays), impl="nope")
+
+
+def test_matches_pytorch_lstm():
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+    arrays, grad_h = _inputs(5, 7, 6, seed=11)
+    h, grads = _tinygrad_run("fused", arrays, grad_h)
+    module = torch.nn.LSTM(2, 6, batch_first=True)
+    with torch.no_grad():
+        for name, value in zip(["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"], arrays[1:]):
+            getattr(module, name).copy_(torch.from_numpy(value))
+    x = torch.from_numpy(arrays[0]).requires_grad_(True)
+    _, (h_n, _) = module(x)
+    (h_n[0] * torch.from_numpy(grad_h)).sum().backward()
+    np.testing.assert_allclose(h, h_n[0].detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(grads[0], x.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(grads[2], module.weight_hh_l0.grad.numpy(), atol=1e-5)

@@ -1,0 +1,125 @@
+"""Training: the reported loss, run-folder contents, exact resume, padding, failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tinygrad import Tensor
+
+from spiralctl.checkpoint import load_checkpoint
+from spiralctl.data import DataConfig, generate, padded_batches
+from spiralctl.errors import SpiralError
+from spiralctl.inference import bce_numpy
+from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
+from spiralctl.train import TrainConfig, Trainer, epoch_order, next_run_dir, train_job
+
+
+def test_padded_batches_use_every_sequence_once():
+    order = np.arange(10)[::-1]
+    batches = list(padded_batches(10, 4, order))
+    assert [count for _, count in batches] == [4, 4, 2]
+    assert all(len(index) == 4 for index, _ in batches)
+    seen = np.concatenate([index[:count] for index, count in batches])
+    assert sorted(seen) == list(range(10))
+
+
+def test_first_step_reports_the_loss_of_its_own_forward_pass():
+    """The jitted step must return the loss before the update (a tinygrad pitfall)."""
+    data = generate(DataConfig(sequences=40, length=8, seed=1))["train"]
+    config = ModelConfig(hidden=5)
+    weights = init_parameters(config, seed=4)
+    x, y = data.x[:16], data.y[:16]
+    expected = []
+    for count in (16, 11):  # a full batch and a padded one
+        model = SpiralClassifier(config, weights, "CPU")
+        logits = model(Tensor(x)).numpy()
+        expected.append(bce_numpy(logits[:count], y[:count]).mean())
+        trainer = Trainer(model, TrainConfig(hidden=5, batch_size=16))
+        assert trainer.step(x, y, count) == pytest.approx(expected[-1], abs=1e-5)
+
+
+def test_run_folder_holds_checkpoints_and_metrics(trained_run):
+    lines = (trained_run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for number, line in enumerate(lines, start=1):
+        metrics = json.loads(line)
+        assert metrics["epoch"] == number
+        for key in ("train_loss", "val_loss", "val_accuracy", "train_seconds", "sequences_per_second"):
+            assert np.isfinite(metrics[key])
+    last = load_checkpoint(trained_run / "last.safetensors")
+    assert last.epoch == 2 and last.model.hidden == 4
+    assert last.train_config["batch_size"] == 32
+    assert int(last.optimizer["step"][0]) == 2 * 2  # 60 sequences / 32 per batch = 2 steps per epoch
+    best = load_checkpoint(trained_run / "best.safetensors")
+    best_epoch = min((json.loads(line) for line in lines), key=lambda m: m["val_loss"])["epoch"]
+    assert best.epoch == best_epoch
+
+
+def test_resume_is_bit_identical_to_one_run(tmp_path, small_data):
+    config = TrainConfig(epochs=3, batch_size=32, hidden=4, seed=2)
+    train_job(config, data_dir=small_data, out=tmp_path / "once", device="cpu")
+    train_job(
+        TrainConfig(epochs=1, batch_size=32, hidden=4, seed=2),
+        data_dir=small_data,
+        out=tmp_path / "twice",
+        device="cpu",
+    )
+    train_job(
+        TrainConfig(epochs=3),
+        data_dir=small_data,
+        resume_path=tmp_path / "twice" / "last.safetensors",
+        device="cpu",
+    )
+    once = load_checkpoint(tmp_path / "once" / "last.safetensors")
+    twice = load_checkpoint(tmp_path / "twice" / "last.safetensors")
+    assert twice.epoch == 3
+    for name in once.weights:
+        np.testing.assert_array_equal(once.weights[name], twice.weights[name])
+    for name in once.optimizer:
+        np.testing.assert_array_equal(once.optimizer[name], twice.optimizer[name])
+    lines = (tmp_path / "twice" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_refuses_other_data_and_finished_runs(tmp_path, small_data, trained_run):
+    with pytest.raises(SpiralError, match="already run 2 epochs"):
+        train_job(
+            TrainConfig(epochs=2),
+            data_dir=small_data,
+            resume_path=trained_run / "last.safetensors",
+            device="cpu",
+        )
+    with pytest.raises(SpiralError, match="differs"):
+        train_job(TrainConfig(epochs=5), resume_path=trained_run / "last.safetensors", device="cpu")
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    assert np.array_equal(epoch_order(1, 3, 50), epoch_order(1, 3, 50))
+    assert not np.array_equal(epoch_order(1, 3, 50), epoch_order(1, 4, 50))
+
+
+def test_next_run_dir_counts_up(tmp_path):
+    assert next_run_dir(tmp_path / "runs").name == "train-1"
+    (tmp_path / "runs" / "train-1").mkdir(parents=True)
+    (tmp_path / "runs" / "train-7").mkdir()
+    assert next_run_dir(tmp_path / "runs").name == "train-8"
+
+
+def test_existing_run_folder_needs_exist_ok(small_data, trained_run):
+    with pytest.raises(SpiralError, match="--exist-ok"):
+        train_job(TrainConfig(epochs=1), data_dir=small_data, out=trained_run, device="cpu")
+
+
+def test_diverging_loss_stops_with_exit_code_1(tmp_path, small_data):
+    # Adam moves each weight by about lr per step: 1e38 overflows float32 within the first epoch
+    with pytest.raises(SpiralError, match="smaller --lr") as info:
+        train_job(
+            TrainConfig(epochs=3, batch_size=32, hidden=4, lr=1e38),
+            data_dir=small_data,
+            out=tmp_path / "run",
+            device="cpu",
+        )
+    assert info.value.exit_code == 1
+    assert not (tmp_path / "run" / "last.safetensors").exists()
