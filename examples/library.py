@@ -18,9 +18,8 @@ def main() -> None:
 
     def show(event: str, info: dict) -> None:
         if event == "epoch":
-            print(
-                f"epoch {info['epoch']:2d}  val loss {info['val_loss']:.4f}  val acc {info['val_accuracy']:.3f}"
-            )
+            loss, accuracy = info["val_loss"], info["val_accuracy"]
+            print(f"epoch {info['epoch']:2d}  val loss {loss:.4f}  val acc {accuracy:.3f}")
 
     fit(splits["train"], splits["val"], TrainConfig(epochs=15), run_dir, device="CPU", on_progress=show)
 
