@@ -12,11 +12,13 @@ innermost index runs over the batch.
 
 from __future__ import annotations
 
-from tinygrad import Tensor, UOp, dtypes
-from tinygrad.dtype import AddrSpace
+import math
+
+from tinygrad import Tensor, UOp
 from tinygrad.uop.ops import AxisType, KernelInfo
 
 IMPLEMENTATIONS = ("fused", "reference")
+LANES = 16  # batch columns per innermost loop
 
 
 def lstm_reference(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
@@ -41,34 +43,57 @@ def _tanh(v: UOp) -> UOp:
     return 1 - 2 / ((v * 2).exp() + 1)
 
 
-def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xp: UOp, w_hh: UOp) -> UOp:
+def _lanes(batch: int) -> int:
+    """The innermost batch loop's length: clang turns it into SIMD when it is 8 or 16."""
+    return math.gcd(batch, LANES)
+
+
+def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp) -> UOp:
     """hs, cs: [T+1, H, B] (row 0 is the zero state); gates: [T, 4H, B] after activation.
 
-    xp: [T, 4H, B] is the input projection plus both biases, computed before the loop.
+    xa: [T, D+1, B] holds the inputs and a row of ones; w_in: [4H, D+1] is W_ih with the
+    summed biases as its last column, so one product gives the input projection. Every
+    statement runs over an innermost loop of `lanes` batch columns, which clang vectorises;
+    the gate pre-activations are summed in place in `gates`.
     """
     steps1, hidden, batch = hs.shape
-    steps = steps1 - 1
-    b = UOp.range(batch, 0)
-    j0 = UOp.range(hidden, 1)
-    init = UOp.group(hs[0, j0, b].store(0.0), cs[0, j0, b].store(0.0)).end(j0)
+    steps, lanes = steps1 - 1, _lanes(batch)
+    ids = iter(range(100))
+
+    def lane(outer: UOp) -> tuple[UOp, UOp]:
+        inner = UOp.range(lanes, next(ids))
+        return inner, outer * lanes + inner
+
+    bo = UOp.range(batch // lanes, next(ids))
+    j0 = UOp.range(hidden, next(ids))
+    bi, b = lane(bo)
+    init = UOp.group(hs[0, j0, b].store(0.0), cs[0, j0, b].store(0.0)).end(bi, j0)
     hs0, cs0 = hs.after(init), cs.after(init)
 
-    t = UOp.range(steps, 2, AxisType.REDUCE)
-    j = UOp.range(4 * hidden, 3)
-    k = UOp.range(hidden, 4, AxisType.REDUCE)
-    acc = UOp.placeholder((1,), dtypes.float, 0, addrspace=AddrSpace.REG)
-    acc = acc.after(t, j)[0].set(xp[t, j, b])
-    acc = acc[0].set(acc.after(k)[0] + w_hh[j, k] * hs0.after(t)[t, k, b], end=k)
+    t = UOp.range(steps, next(ids), AxisType.REDUCE)
+    j = UOp.range(4 * hidden, next(ids))
+    bi, b = lane(bo)
+    pre = gates.after(gates.after(t, j)[t, j, b].store(0.0).end(bi))
+    d = UOp.range(xa.shape[1], next(ids), AxisType.REDUCE)
+    bi, b = lane(bo)
+    pre = gates.after(pre[t, j, b].store(pre.after(d)[t, j, b] + w_in[j, d] * xa[t, d, b]).end(bi, d))
+    k = UOp.range(hidden, next(ids), AxisType.REDUCE)
+    bi, b = lane(bo)
+    pre = gates.after(
+        pre[t, j, b].store(pre.after(k)[t, j, b] + w_hh[j, k] * hs0.after(t)[t, k, b]).end(bi, k)
+    )
     # tanh(z) = 2*sigmoid(2z) - 1 for the g gate, sigmoid for the others: one expression, no branch
     scale = ((j >= 2 * hidden) & (j < 3 * hidden)).where(2.0, 1.0)
-    active = scale * _sigmoid(acc[0] * scale) - (scale - 1.0)
-    gv = gates.after(gates[t, j, b].store(active).end(j))
+    bi, b = lane(bo)
+    active = scale * _sigmoid(pre[t, j, b] * scale) - (scale - 1.0)
+    gv = gates.after(gates[t, j, b].store(active).end(bi).end(j))
 
-    n = UOp.range(hidden, 5)
+    n = UOp.range(hidden, next(ids))
+    bi, b = lane(bo)
     i, f, g, o = (gv[t, q * hidden + n, b] for q in range(4))
     c_new = f * cs0.after(t)[t, n, b] + i * g
     stores = UOp.group(cs[t + 1, n, b].store(c_new), hs[t + 1, n, b].store(o * _tanh(c_new)))
-    return stores.end(n).end(t).end(b).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
+    return stores.end(bi, n).end(t).end(bo).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
 
 
 def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, gates: UOp, w_hh: UOp) -> UOp:
@@ -77,15 +102,23 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
     dc_carry[t] and dh_carry[t] hold what step t passes back to step t-1; row T is zero.
     """
     steps, hidden4, batch = dz.shape
-    hidden = hidden4 // 4
-    b = UOp.range(batch, 0)
-    j0 = UOp.range(hidden, 1)
-    init = UOp.group(dc_carry[steps, j0, b].store(0.0), dh_carry[steps, j0, b].store(0.0)).end(j0)
+    hidden, lanes = hidden4 // 4, _lanes(batch)
+    ids = iter(range(100))
+
+    def lane(outer: UOp) -> tuple[UOp, UOp]:
+        inner = UOp.range(lanes, next(ids))
+        return inner, outer * lanes + inner
+
+    bo = UOp.range(batch // lanes, next(ids))
+    j0 = UOp.range(hidden, next(ids))
+    bi, b = lane(bo)
+    init = UOp.group(dc_carry[steps, j0, b].store(0.0), dh_carry[steps, j0, b].store(0.0)).end(bi, j0)
     dc0, dh0 = dc_carry.after(init), dh_carry.after(init)
 
-    r = UOp.range(steps, 2, AxisType.REDUCE)
+    r = UOp.range(steps, next(ids), AxisType.REDUCE)
     t = (steps - 1) - r
-    k = UOp.range(hidden, 3)
+    k = UOp.range(hidden, next(ids))
+    bi, b = lane(bo)
     dh = dhs[t + 1, k, b] + dh0.after(r)[t + 1, k, b]
     i, f, g, o = (gates[t, q * hidden + k, b] for q in range(4))
     tanh_c = _tanh(cs[t + 1, k, b])
@@ -96,20 +129,48 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
         dz[t, 2 * hidden + k, b].store(dc * i * (1 - g * g)),
         dz[t, 3 * hidden + k, b].store(dh * tanh_c * o * (1 - o)),
         dc_carry[t, k, b].store(dc * f),
-    ).end(k)
+    ).end(bi, k)
     dzv = dz.after(gate_grads)
 
-    n = UOp.range(hidden, 4)
-    j = UOp.range(4 * hidden, 5, AxisType.REDUCE)
-    acc = UOp.placeholder((1,), dtypes.float, 0, addrspace=AddrSpace.REG)
-    acc = acc.after(r, n)[0].set(0.0)
-    acc = acc[0].set(acc.after(j)[0] + w_hh[j, n] * dzv[t, j, b], end=j)
-    done = dh_carry[t, n, b].store(acc[0]).end(n).end(r).end(b)
-    return done.sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
+    # dh_carry[t] = W_hh^T dz[t], summed in place
+    n = UOp.range(hidden, next(ids))
+    bi, b = lane(bo)
+    acc = dh_carry.after(dh_carry.after(r, n)[t, n, b].store(0.0).end(bi))
+    j = UOp.range(4 * hidden, next(ids), AxisType.REDUCE)
+    bi, b = lane(bo)
+    done = acc[t, n, b].store(acc.after(j)[t, n, b] + w_hh[j, n] * dzv[t, j, b]).end(bi, j).end(n)
+    return done.end(r).end(bo).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
+
+
+def _batch_dot_kernel(partial: UOp, a: UOp, b_in: UOp) -> UOp:
+    """partial[j, k, l] = sum over t and batch blocks of a[t, j, block*L + l] * b_in[t, k, block*L + l].
+
+    a: [T, J, B], b_in: [T', K, B] with T' >= T. Summing the L lanes afterwards gives
+    sum_t,b a[t, j, b] * b_in[t, k, b]: a weight gradient over all time steps at once.
+    """
+    steps, rows, batch = a.shape
+    cols, lanes = b_in.shape[1], partial.shape[2]
+    j, k = UOp.range(rows, 0), UOp.range(cols, 1)
+    li = UOp.range(lanes, 2)
+    acc = partial.after(partial[j, k, li].store(0.0).end(li))
+    t = UOp.range(steps, 3, AxisType.REDUCE)
+    bo = UOp.range(batch // lanes, 4, AxisType.REDUCE)
+    li = UOp.range(lanes, 5)
+    b = bo * lanes + li
+    total = acc[j, k, li].store(acc.after(t, bo)[j, k, li] + a[t, j, b] * b_in[t, k, b]).end(li, bo, t)
+    return total.end(k).end(j).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
+
+
+def _weight_gradient(dz: Tensor, inputs: Tensor) -> Tensor:
+    """sum over t and b of dz[t, j, b] * inputs[t, k, b], as [J, K]."""
+    lanes = _lanes(dz.shape[2])
+    partial = Tensor.empty(dz.shape[1], inputs.shape[1], lanes, device=dz.device)
+    partial, *_ = Tensor.custom_kernel(partial, dz, inputs, fxn=_batch_dot_kernel)
+    return partial.sum(-1)
 
 
 def _fused_gradient(grad: UOp, call: UOp) -> tuple:
-    hs_buf, cs_buf, gates_buf, _xp, w_hh = call.src[1:]
+    hs_buf, cs_buf, gates_buf, xa, _w_in, w_hh = call.src[1:]
     hs, cs, gates = (Tensor(u.after(call)) for u in (hs_buf, cs_buf, gates_buf))
     steps1, hidden, batch = hs.shape
     steps, device = steps1 - 1, hs.device
@@ -123,26 +184,28 @@ def _fused_gradient(grad: UOp, call: UOp) -> tuple:
         Tensor(w_hh),
         fxn=_backward_kernel,
     )
-    # weight gradient over all time steps at once: sum_t,b dz[t, j, b] * h[t, k, b]
-    d_w_hh = (dz.reshape(steps, 4 * hidden, 1, batch) * hs[:steps].reshape(steps, 1, hidden, batch)).sum(
-        (0, 3)
-    )
-    return (None, None, None, dz.uop, d_w_hh.uop)
+    # weight gradients sum dz[t] h[t]^T and dz[t] [x_t, 1]^T over all time steps at once,
+    # and the inputs' gradient (scheduled only when something needs it) is W_in^T dz[t]
+    xa, w_in = Tensor(xa), Tensor(_w_in)
+    d_xa = (w_in.reshape(1, 4 * hidden, -1, 1) * dz.reshape(steps, 4 * hidden, 1, batch)).sum(1)
+    d_w_in = _weight_gradient(dz, xa)
+    return (None, None, None, d_xa.uop, d_w_in.uop, _weight_gradient(dz, hs).uop)
 
 
 def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """The same LSTM as `lstm_reference`, as two fused kernels (forward and backward)."""
+    """The same LSTM as `lstm_reference`, as fused kernels (forward, backward, weight gradient)."""
     batch, steps, inputs = x.shape
     hidden = w_hh.shape[1]
-    # the input projection for all time steps, batch-last: [T, 4H, B]
-    x_tdb = x.permute(1, 2, 0).reshape(steps, 1, inputs, batch)
-    xp = (w_ih.reshape(1, 4 * hidden, inputs, 1) * x_tdb).sum(2) + (b_ih + b_hh).reshape(1, 4 * hidden, 1)
     device = x.device
+    # batch-last inputs with a row of ones, and W_ih with the summed biases as a last column
+    xa = x.permute(1, 2, 0).pad((None, (0, 1), None), value=1.0).contiguous()
+    w_in = w_ih.cat((b_ih + b_hh).reshape(4 * hidden, 1), dim=1)
     hs, *_ = Tensor.custom_kernel(
         Tensor.empty(steps + 1, hidden, batch, device=device),
         Tensor.empty(steps + 1, hidden, batch, device=device),
         Tensor.empty(steps, 4 * hidden, batch, device=device),
-        xp.contiguous(),
+        xa,
+        w_in.contiguous(),
         w_hh,
         fxn=_forward_kernel,
         grad_fxn=_fused_gradient,

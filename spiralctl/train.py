@@ -23,6 +23,7 @@ from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+STEPS_PER_CALL = 32
 
 
 @dataclass(frozen=True)
@@ -90,34 +91,44 @@ class Trainer:
         self.optimizer = Adam(
             params, lr=config.lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, fused=False
         )
-        self.steps = 0
-        self._step = TinyJit(self._train_step)
+        self.step_count = 0
+        self._jits: dict[int, TinyJit] = {}
 
-    def _train_step(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    def _train_steps(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Run x.shape[0] optimizer steps in one jitted call; returns the loss of each step."""
+        losses = []
         with Context(TRAINING=1):
-            self.optimizer.zero_grad()
-            losses = bce_with_logits(self.model(x, impl=self.impl), y)
-            loss = (losses * mask).sum() / mask.sum()
-            loss.backward()
-            # realize the loss together with the update: it is the loss of this step's forward pass
-            return loss.realize(*self.optimizer.schedule_step())
+            for step in range(x.shape[0]):
+                self.optimizer.zero_grad()
+                per_sequence = bce_with_logits(self.model(x[step], impl=self.impl), y[step])
+                loss = (per_sequence * mask[step]).sum() / mask[step].sum()
+                loss.backward()
+                # realize the loss with the update: it is then the loss of this step's forward pass
+                losses.append(loss.realize(*self.optimizer.schedule_step()))
+        return Tensor.stack(*losses).realize()
+
+    def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the K losses once."""
+        device = self.model.device
+        jit = self._jits.setdefault(len(x), TinyJit(self._train_steps))
+        losses = jit(
+            Tensor(np.ascontiguousarray(x), device=device),
+            Tensor(y.astype(np.float32), device=device),
+            Tensor(mask.astype(np.float32), device=device),
+        )
+        self.step_count += len(x)
+        return losses.numpy()
 
     def step(self, x: np.ndarray, y: np.ndarray, count: int) -> float:
-        device = self.model.device
-        mask = np.zeros(len(y), dtype=np.float32)
-        mask[:count] = 1.0
-        loss = self._step(
-            Tensor(x, device=device),
-            Tensor(y.astype(np.float32), device=device),
-            Tensor(mask, device=device),
-        )
-        self.steps += 1
-        return float(loss.item())
+        """One step on one batch of which the first `count` rows are real."""
+        mask = np.zeros((1, len(y)), dtype=np.float32)
+        mask[0, :count] = 1.0
+        return float(self.steps(x[None], y[None], mask)[0])
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         opt = self.optimizer
         state: dict[str, np.ndarray] = {
-            "step": np.array([self.steps], dtype=np.int64),
+            "step": np.array([self.step_count], dtype=np.int64),
             "b1_power": opt.b1_t.numpy(),
             "b2_power": opt.b2_t.numpy(),
         }
@@ -134,7 +145,7 @@ class Trainer:
         if missing:
             raise SpiralError(f"{source}: no optimizer state to resume from (missing optimizer.{missing[0]})")
         opt, device = self.optimizer, self.model.device
-        self.steps = int(state["step"].reshape(-1)[0])
+        self.step_count = int(state["step"].reshape(-1)[0])
         opt.b1_t.assign(Tensor(state["b1_power"].astype(np.float32), device=device)).realize()
         opt.b2_t.assign(Tensor(state["b2_power"].astype(np.float32), device=device)).realize()
         for name, m, v in zip(PARAMETER_NAMES, opt.m, opt.v):
@@ -191,6 +202,8 @@ def fit(
     train_record = {**asdict(config), "device": device, "data": data_source, "impl": impl}
     n, batch = len(train), config.batch_size
     batches = math.ceil(n / batch)
+    # steps per jitted call: the whole epoch when it is small, so the losses are read once
+    chunk = min(batches, STEPS_PER_CALL)
     on_progress(
         "start",
         {
@@ -211,30 +224,36 @@ def fit(
     for epoch in range(start_epoch + 1, config.epochs + 1):
         order = epoch_order(config.seed, epoch, n)
         started = time.perf_counter()
+        index = np.stack([i for i, _ in padded_batches(n, batch, order)])
+        mask = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
+        xs, ys = train.x[index], train.y[index]
         loss_sum = 0.0
-        for number, (index, count) in enumerate(padded_batches(n, batch, order), start=1):
-            loss = trainer.step(train.x[index], train.y[index], count)
-            if not math.isfinite(loss):
+        for first in range(0, batches, chunk):
+            losses = trainer.steps(
+                xs[first : first + chunk], ys[first : first + chunk], mask[first : first + chunk]
+            )
+            done = min(first + chunk, batches)
+            if not np.isfinite(losses).all():
                 kept = (
                     f"the last good checkpoint is {run_dir / 'last.safetensors'} (epoch {epoch - 1})"
                     if epoch > 1
                     else "no checkpoint was written"
                 )
                 raise SpiralError(
-                    f"training loss became {loss} in epoch {epoch}; {kept}; "
+                    f"training loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch}; {kept}; "
                     f"try a smaller --lr (now {config.lr})",
                     exit_code=EXIT_FAILURE,
                 )
-            loss_sum += loss * count
+            loss_sum += float((losses * mask[first:done].sum(1)).sum())
             elapsed = time.perf_counter() - started
             on_progress(
                 "batch",
                 {
                     "epoch": epoch,
-                    "batch": number,
+                    "batch": done,
                     "batches": batches,
-                    "loss": loss,
-                    "sequences_per_second": min(number * batch, n) / max(elapsed, 1e-9),
+                    "loss": float(losses[-1]),
+                    "sequences_per_second": min(done * batch, n) / max(elapsed, 1e-9),
                 },
             )
         train_seconds = time.perf_counter() - started

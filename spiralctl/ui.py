@@ -55,7 +55,7 @@ class TrainProgress:
         elif event == "batch" and self.progress is not None:
             self.progress.update(
                 self.task,
-                advance=1,
+                completed=(info["epoch"] - self.first_epoch) * info["batches"] + info["batch"],
                 loss=info["loss"],
                 speed=info["sequences_per_second"],
                 description=f"epoch {info['epoch']}",
@@ -70,6 +70,7 @@ class TrainProgress:
 
     def _start(self, info: dict) -> None:
         remaining = info["epochs"] - info["start_epoch"]
+        self.first_epoch = info["start_epoch"] + 1
         self.console.print(
             f"training on {info['device']}: {info['train']} sequences, validating on {info['val']}, "
             f"epochs {info['start_epoch'] + 1}-{info['epochs']} -> {info['run_dir']}",
