@@ -7,6 +7,7 @@ from tinygrad import Tensor, TinyJit
 
 from spiralctl.data import padded_batches
 from spiralctl.model import SpiralClassifier
+from spiralctl.staging import staging_tensor, upload
 
 
 def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
@@ -25,10 +26,12 @@ class Predictor:
         self.model = model
         self.batch_size = batch_size
         self._jits: dict[tuple[int, int], TinyJit] = {}
+        self._inputs: dict[tuple[int, int], Tensor] = {}
 
     def _forward(self, batch: int, length: int) -> TinyJit:
         key = (batch, length)
         if key not in self._jits:
+            self._inputs[key] = staging_tensor((batch, length, 2), self.model.device)
             self._jits[key] = TinyJit(lambda x: self.model(x).realize())
         return self._jits[key]
 
@@ -40,7 +43,7 @@ class Predictor:
         out = np.empty(n, dtype=np.float32)
         done = 0
         for index, count in padded_batches(n, batch):
-            xb = Tensor(np.ascontiguousarray(x[index]), device=self.model.device)
+            xb = upload(self._inputs[(batch, length)], x[index])
             out[done : done + count] = forward(xb).numpy()[:count]
             done += count
         return out

@@ -20,10 +20,11 @@ from spiralctl.errors import EXIT_FAILURE, SpiralError
 from spiralctl.files import atomic_output
 from spiralctl.inference import Predictor, bce_with_logits, classification_report
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
+from spiralctl.staging import staging_tensor, upload
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-STEPS_PER_CALL = 32
+STEPS_PER_CALL = 1
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,24 @@ class Trainer:
             params, lr=config.lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, fused=False
         )
         self.step_count = 0
-        self._jits: dict[int, TinyJit] = {}
+        self._jits: dict[tuple, TinyJit] = {}
+        self._inputs: dict[tuple, Tensor] = {}
 
-    def _train_steps(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        """Run x.shape[0] optimizer steps in one jitted call; returns the loss of each step."""
+    def _train_steps(self, packed: Tensor, batch: int, steps: int) -> Tensor:
+        """Run `packed.shape[0]` optimizer steps in one jitted call; returns each step's loss.
+
+        Each row of `packed` holds one batch: its sequences [B, T, D], labels [B] and mask [B]
+        (1 for real rows, 0 for padding), flattened into one buffer so one copy uploads it.
+        """
         losses = []
+        size = packed.shape[1] - 2 * batch
         with Context(TRAINING=1):
-            for step in range(x.shape[0]):
+            for step in range(packed.shape[0]):
+                x = packed[step, :size].reshape(batch, steps, -1)
+                y, mask = packed[step, size : size + batch], packed[step, size + batch :]
                 self.optimizer.zero_grad()
-                per_sequence = bce_with_logits(self.model(x[step], impl=self.impl), y[step])
-                loss = (per_sequence * mask[step]).sum() / mask[step].sum()
+                per_sequence = bce_with_logits(self.model(x, impl=self.impl), y)
+                loss = (per_sequence * mask).sum() / mask.sum()
                 loss.backward()
                 # realize the loss with the update: it is then the loss of this step's forward pass
                 losses.append(loss.realize(*self.optimizer.schedule_step()))
@@ -109,14 +118,14 @@ class Trainer:
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the K losses once."""
-        device = self.model.device
-        jit = self._jits.setdefault(len(x), TinyJit(self._train_steps))
-        losses = jit(
-            Tensor(np.ascontiguousarray(x), device=device),
-            Tensor(y.astype(np.float32), device=device),
-            Tensor(mask.astype(np.float32), device=device),
-        )
-        self.step_count += len(x)
+        count, batch, steps = x.shape[:3]
+        packed = np.concatenate([x.reshape(count, -1), y.reshape(count, batch), mask], axis=1)
+        key = x.shape
+        if key not in self._jits:
+            self._inputs[key] = staging_tensor(packed.shape, self.model.device)
+            self._jits[key] = TinyJit(self._train_steps)
+        losses = self._jits[key](upload(self._inputs[key], packed), batch, steps)
+        self.step_count += count
         return losses.numpy()
 
     def step(self, x: np.ndarray, y: np.ndarray, count: int) -> float:
