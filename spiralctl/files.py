@@ -8,8 +8,10 @@ a half-written file under the real name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator
@@ -101,6 +103,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict
         }
         offset += array.nbytes
         arrays.append(array)
+    # a checksum of the data section, verified on every load: catches flipped bytes and torn writes
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(memoryview(array).cast("B"))
+    header["__metadata__"]["checksum"] = f"sha256:{digest.hexdigest()}"
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes
     with atomic_output(path) as handle:
@@ -124,15 +131,21 @@ def _reject_constant(name: str) -> None:
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read and check a safetensors file; raise SpiralError naming the file if it is damaged."""
     path = Path(path)
-    if not path.exists():
-        raise SpiralError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise SpiralError(f"{path} is a folder; give the path of a .safetensors file")
     try:
-        with open(path, "rb") as handle:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SpiralError(f"{path}: no such file; check the path") from None
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise SpiralError(f"{path} is a folder; give the path of a .safetensors file")
+    if not stat.S_ISREG(mode):
+        raise SpiralError(f"{path} is not a regular file; give the path of a .safetensors file")
+    try:
+        with open(path, "rb") as handle:  # read-only: a checkpoint the user may only read still loads
             raw = handle.read()
     except OSError as exc:
-        raise SpiralError(f"cannot read {path}: {exc.strerror}") from exc
+        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from exc
 
     def bad(why: str) -> SpiralError:
         return SpiralError(f"{path} is not a valid safetensors file: {why}")
@@ -188,4 +201,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
         position = end
     if position != len(data):
         raise bad(f"{len(data) - position} bytes after the last tensor")
+    checksum = metadata.get("checksum")
+    if checksum is not None:
+        algorithm, _, expected = checksum.partition(":")
+        if algorithm != "sha256" or hashlib.sha256(data).hexdigest() != expected:
+            raise SpiralError(
+                f"{path} is damaged: its data does not match the checksum stored in it "
+                "(a flipped byte or an incomplete write); use another copy or an earlier checkpoint"
+            )
     return tensors, metadata

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from tinygrad.nn.optim import Adam
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
 from spiralctl.data import Dataset, padded_batches
-from spiralctl.errors import EXIT_FAILURE, SpiralError
+from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
 from spiralctl.files import atomic_output
 from spiralctl.inference import Predictor, bce_with_logits, classification_report
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
@@ -176,6 +179,31 @@ class FitResult:
     last: dict
 
 
+class _StopOnSignal:
+    """While training, Ctrl-C and SIGTERM ask the loop to stop after the current step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def fit(
     train: Dataset,
     val: Dataset,
@@ -188,19 +216,27 @@ def fit(
     impl: str = "fused",
     on_progress: ProgressCallback = _no_progress,
 ) -> FitResult:
-    """Train for `config.epochs` epochs in total, validating and checkpointing after each one."""
+    """Train for `config.epochs` epochs in total, validating and checkpointing after each one.
+
+    Ctrl-C or SIGTERM finishes the current step, saves last.safetensors (with the position
+    inside the epoch, so --resume continues exactly there) and raises SpiralError (exit 130).
+    """
     config.check()
     run_dir = Path(run_dir)
     model_config = ModelConfig(input_size=2, hidden=config.hidden)
     weights = resume.weights if resume else init_parameters(model_config, config.seed)
     model = SpiralClassifier(model_config, weights, device)
     trainer = Trainer(model, config, impl=impl)
-    start_epoch = 0
+    start_epoch, skip_steps, partial_loss = 0, 0, 0.0
     best_val_loss = math.inf
+    last_metrics: dict = {}
     if resume is not None:
         trainer.load_optimizer_state(resume.optimizer, run_dir / "last.safetensors")
         start_epoch = resume.epoch
         best_val_loss = float(resume.metrics.get("best_val_loss", math.inf))
+        skip_steps = int(resume.metrics.get("partial_steps", 0))
+        partial_loss = float(resume.metrics.get("partial_loss_sum", 0.0))
+        last_metrics = {k: v for k, v in resume.metrics.items() if not k.startswith("partial_")}
     if start_epoch >= config.epochs:
         raise SpiralError(
             f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs; "
@@ -211,8 +247,19 @@ def fit(
     train_record = {**asdict(config), "device": device, "data": data_source, "impl": impl}
     n, batch = len(train), config.batch_size
     batches = math.ceil(n / batch)
-    # steps per jitted call: the whole epoch when it is small, so the losses are read once
     chunk = min(batches, STEPS_PER_CALL)
+
+    def checkpoint(epoch: int, metrics: dict) -> Checkpoint:
+        return Checkpoint(
+            model=model_config,
+            weights=model.state_dict(),
+            epoch=epoch,
+            train_config=train_record,
+            metrics={**metrics, "best_val_loss": best_val_loss},
+            data_fingerprint=fingerprint,
+            optimizer=trainer.optimizer_state(),
+        )
+
     on_progress(
         "start",
         {
@@ -230,71 +277,99 @@ def fit(
     if resume is None:  # a fresh run starts its own metrics; a resumed one appends
         with atomic_output(run_dir / "metrics.jsonl") as handle:
             handle.write(b"")
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        order = epoch_order(config.seed, epoch, n)
-        started = time.perf_counter()
-        index = np.stack([i for i, _ in padded_batches(n, batch, order)])
-        mask = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
-        xs, ys = train.x[index], train.y[index]
-        loss_sum = 0.0
-        for first in range(0, batches, chunk):
-            losses = trainer.steps(
-                xs[first : first + chunk], ys[first : first + chunk], mask[first : first + chunk]
-            )
-            done = min(first + chunk, batches)
-            if not np.isfinite(losses).all():
-                kept = (
-                    f"the last good checkpoint is {run_dir / 'last.safetensors'} (epoch {epoch - 1})"
-                    if epoch > 1
-                    else "no checkpoint was written"
+    with _StopOnSignal() as stop:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            order = epoch_order(config.seed, epoch, n)
+            started = time.perf_counter()
+            index = np.stack([i for i, _ in padded_batches(n, batch, order)])
+            mask = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
+            xs, ys = train.x[index], train.y[index]
+            loss_sum, first_step = partial_loss, skip_steps
+            partial_loss, skip_steps = 0.0, 0
+            for first in range(first_step, batches, chunk):
+                done = min(first + chunk, batches)
+                losses = trainer.steps(xs[first:done], ys[first:done], mask[first:done])
+                if not np.isfinite(losses).all():
+                    kept = (
+                        f"the last good checkpoint is {run_dir / 'last.safetensors'} (epoch {epoch - 1})"
+                        if (run_dir / "last.safetensors").exists()
+                        else "no checkpoint was written"
+                    )
+                    raise SpiralError(
+                        f"training loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch}; "
+                        f"{kept}; try a smaller --lr (now {config.lr})",
+                        exit_code=EXIT_FAILURE,
+                    )
+                loss_sum += float((losses * mask[first:done].sum(1)).sum())
+                elapsed = time.perf_counter() - started
+                on_progress(
+                    "batch",
+                    {
+                        "epoch": epoch,
+                        "batch": done,
+                        "batches": batches,
+                        "loss": float(losses[-1]),
+                        "sequences_per_second": min((done - first_step) * batch, n) / max(elapsed, 1e-9),
+                    },
                 )
+                if stop.received is not None and done < batches:
+                    position = {"partial_steps": done, "partial_loss_sum": loss_sum}
+                    save_checkpoint(
+                        run_dir / "last.safetensors", checkpoint(epoch - 1, {**last_metrics, **position})
+                    )
+                    name = signal.Signals(stop.received).name
+                    raise SpiralError(
+                        f"{name}: stopped in epoch {epoch} after step {done} of {batches}; saved "
+                        f"{run_dir / 'last.safetensors'}; continue with: spiralctl train --resume "
+                        f"{run_dir / 'last.safetensors'} --epochs {config.epochs}",
+                        exit_code=EXIT_INTERRUPTED,
+                    )
+            train_seconds = time.perf_counter() - started
+            report = classification_report(predictor.logits(val.x), val.y)
+            metrics = {
+                "epoch": epoch,
+                "train_loss": loss_sum / n,
+                "val_loss": report["loss"],
+                "val_accuracy": report["accuracy"],
+                "train_seconds": train_seconds,
+                "sequences_per_second": float(mask[first_step:].sum()) / train_seconds,
+                "seconds": time.perf_counter() - started,
+            }
+            improved = metrics["val_loss"] < best_val_loss
+            best_val_loss = min(best_val_loss, metrics["val_loss"])
+            saved = checkpoint(epoch, metrics)
+            save_checkpoint(run_dir / "last.safetensors", saved)
+            if improved:
+                save_checkpoint(run_dir / "best.safetensors", saved)
+                best = metrics
+            append_metrics(run_dir / "metrics.jsonl", metrics)
+            history.append(metrics)
+            last_metrics = metrics
+            on_progress("epoch", {**metrics, "epochs": config.epochs, "best": improved})
+            if stop.received is not None and epoch < config.epochs:
+                name = signal.Signals(stop.received).name
                 raise SpiralError(
-                    f"training loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch}; {kept}; "
-                    f"try a smaller --lr (now {config.lr})",
-                    exit_code=EXIT_FAILURE,
+                    f"{name}: stopped after epoch {epoch}; saved {run_dir / 'last.safetensors'}; "
+                    f"continue with: spiralctl train --resume {run_dir / 'last.safetensors'} "
+                    f"--epochs {config.epochs}",
+                    exit_code=EXIT_INTERRUPTED,
                 )
-            loss_sum += float((losses * mask[first:done].sum(1)).sum())
-            elapsed = time.perf_counter() - started
-            on_progress(
-                "batch",
-                {
-                    "epoch": epoch,
-                    "batch": done,
-                    "batches": batches,
-                    "loss": float(losses[-1]),
-                    "sequences_per_second": min(done * batch, n) / max(elapsed, 1e-9),
-                },
-            )
-        train_seconds = time.perf_counter() - started
-        report = classification_report(predictor.logits(val.x), val.y)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "val_loss": report["loss"],
-            "val_accuracy": report["accuracy"],
-            "train_seconds": train_seconds,
-            "sequences_per_second": n / train_seconds,
-            "seconds": time.perf_counter() - started,
-        }
-        improved = metrics["val_loss"] < best_val_loss
-        best_val_loss = min(best_val_loss, metrics["val_loss"])
-        checkpoint = Checkpoint(
-            model=model_config,
-            weights=model.state_dict(),
-            epoch=epoch,
-            train_config=train_record,
-            metrics={**metrics, "best_val_loss": best_val_loss},
-            data_fingerprint=fingerprint,
-            optimizer=trainer.optimizer_state(),
-        )
-        save_checkpoint(run_dir / "last.safetensors", checkpoint)
-        if improved:
-            save_checkpoint(run_dir / "best.safetensors", checkpoint)
-            best = metrics
-        append_metrics(run_dir / "metrics.jsonl", metrics)
-        history.append(metrics)
-        on_progress("epoch", {**metrics, "epochs": config.epochs, "best": improved})
     return FitResult(run_dir=run_dir, epochs_run=len(history), history=history, best=best, last=history[-1])
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Only one training writes into a run folder at a time."""
+    import fcntl
+
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SpiralError(
+                f"{run_dir} is in use by another training; wait for it or choose another --out"
+            ) from None
+        yield
 
 
 def append_metrics(path: Path, metrics: dict) -> None:
@@ -356,19 +431,20 @@ def train_job(
             "give the same --data (or none, if the run used the generated default)"
         )
     run_dir = prepare_run_dir(out if out is not None else next_run_dir(), exist_ok)
-    result = fit(
-        train,
-        val,
-        config,
-        run_dir,
-        tinygrad_device,
-        resume=resume,
-        data_source=source,
-        impl=impl,
-        on_progress=on_progress,
-    )
+    with run_lock(run_dir):
+        result = fit(
+            train,
+            val,
+            config,
+            run_dir,
+            tinygrad_device,
+            resume=resume,
+            data_source=source,
+            impl=impl,
+            on_progress=on_progress,
+        )
     if not result.best and resume is not None:
-        result.best = {k: v for k, v in resume.metrics.items() if k != "best_val_loss"}
+        result.best = {k: v for k, v in resume.metrics.items() if k == "epoch" or k in result.last}
     return {
         "run_dir": str(result.run_dir),
         "device": tinygrad_device,

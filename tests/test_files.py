@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -21,7 +22,7 @@ def test_round_trip(tmp_path):
     tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.uint8)}
     write_safetensors(tmp_path / "f.safetensors", tensors, {"k": "v"})
     loaded, metadata = read_safetensors(tmp_path / "f.safetensors")
-    assert metadata == {"k": "v"}
+    assert metadata["k"] == "v" and metadata["checksum"].startswith("sha256:")
     for name in tensors:
         np.testing.assert_array_equal(loaded[name], tensors[name])
 
@@ -97,3 +98,28 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_unwritable_target_is_a_clear_error(tmp_path):
     with pytest.raises(SpiralError, match="cannot write"):
         write_safetensors(tmp_path / "missing" / "f.safetensors", {"a": np.zeros(1, np.float32)}, {})
+
+
+def test_flipped_byte_is_caught_by_the_checksum(tmp_path):
+    path = tmp_path / "f.safetensors"
+    write_safetensors(path, {"a": np.arange(100, dtype=np.float32)}, {})
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0x01  # one bit in the data section: still a well-formed file
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SpiralError, match="checksum") as info:
+        read_safetensors(path)
+    assert str(path) in info.value.message
+
+
+def test_a_file_of_zeros_is_refused(tmp_path):
+    path = tmp_path / "zeros.safetensors"
+    path.write_bytes(bytes(4096))  # what an interrupted non-atomic writer leaves behind
+    with pytest.raises(SpiralError):
+        read_safetensors(path)
+
+
+def test_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(SpiralError, match="regular file"):
+        read_safetensors(fifo)
