@@ -11,7 +11,7 @@ import numpy as np
 from spiralctl import __version__
 from spiralctl.devices import tinygrad_version
 from spiralctl.errors import SpiralError
-from spiralctl.files import read_safetensors, write_safetensors
+from spiralctl.files import read_spiralctl_file, write_safetensors
 from spiralctl.model import PARAMETER_NAMES, ModelConfig
 
 CHECKPOINT_FORMAT = "spiralctl-checkpoint/1"
@@ -64,15 +64,7 @@ def _json_field(path: Path, metadata: dict[str, str], key: str, kind: type):
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load and check a checkpoint; rebuilds the model config from the file alone."""
     path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    kind = metadata.get("format", "")
-    if kind != CHECKPOINT_FORMAT:
-        if kind.startswith("spiralctl-dataset/"):
-            raise SpiralError(f"{path} is a dataset, not a checkpoint; give a .safetensors file from train")
-        raise SpiralError(
-            f"{path} is not a spiralctl checkpoint (format {kind or 'missing'!r}); "
-            "train one with spiralctl train"
-        )
+    tensors, metadata = read_spiralctl_file(path, CHECKPOINT_FORMAT)
     model_fields = _json_field(path, metadata, "model", dict)
     try:
         model = ModelConfig(**model_fields)

@@ -11,7 +11,7 @@ import numpy as np
 
 from spiralctl import __version__
 from spiralctl.errors import SpiralError
-from spiralctl.files import read_safetensors, write_safetensors
+from spiralctl.files import read_spiralctl_file, write_safetensors
 
 DATASET_FORMAT = "spiralctl-dataset/1"
 LABELS = ("clockwise", "anticlockwise")
@@ -173,14 +173,7 @@ def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = Fal
 def load_dataset(path: Path) -> Dataset:
     """Load and check a dataset file; every problem is a SpiralError naming the file."""
     path = Path(path)
-    tensors, metadata = read_safetensors(path)
-    kind = metadata.get("format", "")
-    if kind != DATASET_FORMAT:
-        if kind.startswith("spiralctl-checkpoint/"):
-            raise SpiralError(f"{path} is a checkpoint, not a dataset; give a dataset file (from gen-data)")
-        raise SpiralError(
-            f"{path} is not a spiralctl dataset (format {kind or 'missing'!r}); make one with gen-data"
-        )
+    tensors, metadata = read_spiralctl_file(path, DATASET_FORMAT)
     if set(tensors) != {"x", "y"}:
         raise SpiralError(f"{path}: a dataset holds tensors x and y, found {sorted(tensors)}")
     x, y = tensors["x"], tensors["y"]

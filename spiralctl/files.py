@@ -210,3 +210,23 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
                 "(a flipped byte or an incomplete write); use another copy or an earlier checkpoint"
             )
     return tensors, metadata
+
+
+# what each spiralctl file format is, for messages when one is given where the other belongs
+KINDS = {
+    "spiralctl-dataset/": ("a dataset", "give a dataset file (from spiralctl gen-data)"),
+    "spiralctl-checkpoint/": ("a checkpoint", "give a checkpoint (from spiralctl train)"),
+}
+
+
+def read_spiralctl_file(path: Path, expected: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """read_safetensors, then check the format tag is `expected` (e.g. spiralctl-dataset/1)."""
+    tensors, metadata = read_safetensors(path)
+    found = metadata.get("format", "")
+    if found != expected:
+        want, hint = next(v for k, v in KINDS.items() if expected.startswith(k))
+        got = next((v[0] for k, v in KINDS.items() if found.startswith(k)), None)
+        if got is not None:
+            raise SpiralError(f"{path} is {got}, not {want}; {hint}")
+        raise SpiralError(f"{path} is not {want} of spiralctl (format {found or 'missing'!r}); {hint}")
+    return tensors, metadata

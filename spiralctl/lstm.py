@@ -12,6 +12,7 @@ innermost index runs over the batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from tinygrad import Tensor, UOp
@@ -48,6 +49,29 @@ def _lanes(batch: int) -> int:
     return math.gcd(batch, LANES)
 
 
+class _Loops:
+    """Numbers one kernel's ranges and splits its batch into outer blocks and inner SIMD lanes."""
+
+    def __init__(self, batch: int) -> None:
+        self.lanes = _lanes(batch)
+        self._ids = itertools.count()
+        self.outer = self.range(batch // self.lanes)
+
+    def range(self, size: int, axis: AxisType = AxisType.WEAK) -> UOp:
+        return UOp.range(size, next(self._ids), axis)
+
+    def lane(self) -> tuple[UOp, UOp]:
+        """A fresh innermost lane range and the batch index it gives."""
+        inner = self.range(self.lanes)
+        return inner, self.outer * self.lanes + inner
+
+    def zero_row(self, row: int, rows: int, *buffers: UOp) -> UOp:
+        """Store 0 into buffers[row, :, this batch block]."""
+        j = self.range(rows)
+        inner, b = self.lane()
+        return UOp.group(*(buf[row, j, b].store(0.0) for buf in buffers)).end(inner, j)
+
+
 def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp) -> UOp:
     """hs, cs: [T+1, H, B] (row 0 is the zero state); gates: [T, 4H, B] after activation.
 
@@ -57,43 +81,36 @@ def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp)
     the gate pre-activations are summed in place in `gates`.
     """
     steps1, hidden, batch = hs.shape
-    steps, lanes = steps1 - 1, _lanes(batch)
-    ids = iter(range(100))
-
-    def lane(outer: UOp) -> tuple[UOp, UOp]:
-        inner = UOp.range(lanes, next(ids))
-        return inner, outer * lanes + inner
-
-    bo = UOp.range(batch // lanes, next(ids))
-    j0 = UOp.range(hidden, next(ids))
-    bi, b = lane(bo)
-    init = UOp.group(hs[0, j0, b].store(0.0), cs[0, j0, b].store(0.0)).end(bi, j0)
+    steps, loops = steps1 - 1, _Loops(batch)
+    init = loops.zero_row(0, hidden, hs, cs)
     hs0, cs0 = hs.after(init), cs.after(init)
 
-    t = UOp.range(steps, next(ids), AxisType.REDUCE)
-    j = UOp.range(4 * hidden, next(ids))
-    bi, b = lane(bo)
+    t = loops.range(steps, AxisType.REDUCE)
+    j = loops.range(4 * hidden)
+    bi, b = loops.lane()
     pre = gates.after(gates.after(t, j)[t, j, b].store(0.0).end(bi))
-    d = UOp.range(xa.shape[1], next(ids), AxisType.REDUCE)
-    bi, b = lane(bo)
+    d = loops.range(xa.shape[1], AxisType.REDUCE)
+    bi, b = loops.lane()
     pre = gates.after(pre[t, j, b].store(pre.after(d)[t, j, b] + w_in[j, d] * xa[t, d, b]).end(bi, d))
-    k = UOp.range(hidden, next(ids), AxisType.REDUCE)
-    bi, b = lane(bo)
+    k = loops.range(hidden, AxisType.REDUCE)
+    bi, b = loops.lane()
     pre = gates.after(
         pre[t, j, b].store(pre.after(k)[t, j, b] + w_hh[j, k] * hs0.after(t)[t, k, b]).end(bi, k)
     )
     # tanh(z) = 2*sigmoid(2z) - 1 for the g gate, sigmoid for the others: one expression, no branch
     scale = ((j >= 2 * hidden) & (j < 3 * hidden)).where(2.0, 1.0)
-    bi, b = lane(bo)
+    bi, b = loops.lane()
     active = scale * _sigmoid(pre[t, j, b] * scale) - (scale - 1.0)
     gv = gates.after(gates[t, j, b].store(active).end(bi).end(j))
 
-    n = UOp.range(hidden, next(ids))
-    bi, b = lane(bo)
+    n = loops.range(hidden)
+    bi, b = loops.lane()
     i, f, g, o = (gv[t, q * hidden + n, b] for q in range(4))
     c_new = f * cs0.after(t)[t, n, b] + i * g
     stores = UOp.group(cs[t + 1, n, b].store(c_new), hs[t + 1, n, b].store(o * _tanh(c_new)))
-    return stores.end(bi, n).end(t).end(bo).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
+    return (
+        stores.end(bi, n).end(t).end(loops.outer).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
+    )
 
 
 def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, gates: UOp, w_hh: UOp) -> UOp:
@@ -102,23 +119,14 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
     dc_carry[t] and dh_carry[t] hold what step t passes back to step t-1; row T is zero.
     """
     steps, hidden4, batch = dz.shape
-    hidden, lanes = hidden4 // 4, _lanes(batch)
-    ids = iter(range(100))
-
-    def lane(outer: UOp) -> tuple[UOp, UOp]:
-        inner = UOp.range(lanes, next(ids))
-        return inner, outer * lanes + inner
-
-    bo = UOp.range(batch // lanes, next(ids))
-    j0 = UOp.range(hidden, next(ids))
-    bi, b = lane(bo)
-    init = UOp.group(dc_carry[steps, j0, b].store(0.0), dh_carry[steps, j0, b].store(0.0)).end(bi, j0)
+    hidden, loops = hidden4 // 4, _Loops(batch)
+    init = loops.zero_row(steps, hidden, dc_carry, dh_carry)
     dc0, dh0 = dc_carry.after(init), dh_carry.after(init)
 
-    r = UOp.range(steps, next(ids), AxisType.REDUCE)
+    r = loops.range(steps, AxisType.REDUCE)
     t = (steps - 1) - r
-    k = UOp.range(hidden, next(ids))
-    bi, b = lane(bo)
+    k = loops.range(hidden)
+    bi, b = loops.lane()
     dh = dhs[t + 1, k, b] + dh0.after(r)[t + 1, k, b]
     i, f, g, o = (gates[t, q * hidden + k, b] for q in range(4))
     tanh_c = _tanh(cs[t + 1, k, b])
@@ -133,13 +141,13 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
     dzv = dz.after(gate_grads)
 
     # dh_carry[t] = W_hh^T dz[t], summed in place
-    n = UOp.range(hidden, next(ids))
-    bi, b = lane(bo)
+    n = loops.range(hidden)
+    bi, b = loops.lane()
     acc = dh_carry.after(dh_carry.after(r, n)[t, n, b].store(0.0).end(bi))
-    j = UOp.range(4 * hidden, next(ids), AxisType.REDUCE)
-    bi, b = lane(bo)
+    j = loops.range(4 * hidden, AxisType.REDUCE)
+    bi, b = loops.lane()
     done = acc[t, n, b].store(acc.after(j)[t, n, b] + w_hh[j, n] * dzv[t, j, b]).end(bi, j).end(n)
-    return done.end(r).end(bo).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
+    return done.end(r).end(loops.outer).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
 
 
 def _batch_dot_kernel(partial: UOp, a: UOp, b_in: UOp) -> UOp:

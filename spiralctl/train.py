@@ -199,6 +199,14 @@ class _StopOnSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def error(self, where: str, run_dir: Path, epochs: int) -> SpiralError:
+        checkpoint = run_dir / "last.safetensors"
+        return SpiralError(
+            f"{signal.Signals(self.received).name}: stopped {where}; saved {checkpoint}; "
+            f"continue with: spiralctl train --resume {checkpoint} --epochs {epochs}",
+            exit_code=EXIT_INTERRUPTED,
+        )
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
@@ -317,12 +325,8 @@ def fit(
                     save_checkpoint(
                         run_dir / "last.safetensors", checkpoint(epoch - 1, {**last_metrics, **position})
                     )
-                    name = signal.Signals(stop.received).name
-                    raise SpiralError(
-                        f"{name}: stopped in epoch {epoch} after step {done} of {batches}; saved "
-                        f"{run_dir / 'last.safetensors'}; continue with: spiralctl train --resume "
-                        f"{run_dir / 'last.safetensors'} --epochs {config.epochs}",
-                        exit_code=EXIT_INTERRUPTED,
+                    raise stop.error(
+                        f"in epoch {epoch} after step {done} of {batches}", run_dir, config.epochs
                     )
             train_seconds = time.perf_counter() - started
             report = classification_report(predictor.logits(val.x), val.y)
@@ -347,13 +351,7 @@ def fit(
             last_metrics = metrics
             on_progress("epoch", {**metrics, "epochs": config.epochs, "best": improved})
             if stop.received is not None and epoch < config.epochs:
-                name = signal.Signals(stop.received).name
-                raise SpiralError(
-                    f"{name}: stopped after epoch {epoch}; saved {run_dir / 'last.safetensors'}; "
-                    f"continue with: spiralctl train --resume {run_dir / 'last.safetensors'} "
-                    f"--epochs {config.epochs}",
-                    exit_code=EXIT_INTERRUPTED,
-                )
+                raise stop.error(f"after epoch {epoch}", run_dir, config.epochs)
     return FitResult(run_dir=run_dir, epochs_run=len(history), history=history, best=best, last=history[-1])
 
 
