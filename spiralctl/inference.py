@@ -7,7 +7,7 @@ from tinygrad import Tensor, TinyJit
 
 from spiralctl.data import padded_batches
 from spiralctl.model import SpiralClassifier
-from spiralctl.staging import staging_tensor, upload
+from spiralctl.staging import download, staging_tensor, upload
 
 
 def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
@@ -44,7 +44,7 @@ class Predictor:
         done = 0
         for index, count in padded_batches(n, batch):
             xb = upload(self._inputs[(batch, length)], x[index])
-            out[done : done + count] = forward(xb).numpy()[:count]
+            out[done : done + count] = download(forward(xb))[:count]
             done += count
         return out
 

@@ -12,10 +12,12 @@ innermost index runs over the batch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
-from tinygrad import Tensor, UOp
+from tinygrad import Tensor, UOp, dtypes
+from tinygrad.dtype import AddrSpace
 from tinygrad.uop.ops import AxisType, KernelInfo
 
 IMPLEMENTATIONS = ("fused", "reference")
@@ -72,7 +74,7 @@ class _Loops:
         return UOp.group(*(buf[row, j, b].store(0.0) for buf in buffers)).end(inner, j)
 
 
-def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp) -> UOp:
+def _forward_kernel(hs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp) -> UOp:
     """hs, cs: [T+1, H, B] (row 0 is the zero state); gates: [T, 4H, B] after activation.
 
     xa: [T, D+1, B] holds the inputs and a row of ones; w_in: [4H, D+1] is W_ih with the
@@ -88,10 +90,11 @@ def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp)
     t = loops.range(steps, AxisType.REDUCE)
     j = loops.range(4 * hidden)
     bi, b = loops.lane()
-    pre = gates.after(gates.after(t, j)[t, j, b].store(0.0).end(bi))
-    d = loops.range(xa.shape[1], AxisType.REDUCE)
-    bi, b = loops.lane()
-    pre = gates.after(pre[t, j, b].store(pre.after(d)[t, j, b] + w_in[j, d] * xa[t, d, b]).end(bi, d))
+    # the input projection: D+1 (3) terms, written out rather than looped
+    projection = functools.reduce(
+        lambda acc, d: acc + w_in[j, d] * xa[t, d, b], range(1, xa.shape[1]), w_in[j, 0] * xa[t, 0, b]
+    )
+    pre = gates.after(gates.after(t, j)[t, j, b].store(projection).end(bi))
     k = loops.range(hidden, AxisType.REDUCE)
     bi, b = loops.lane()
     pre = gates.after(
@@ -107,13 +110,18 @@ def _forward_kernel(hs: UOp, cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp)
     bi, b = loops.lane()
     i, f, g, o = (gv[t, q * hidden + n, b] for q in range(4))
     c_new = f * cs0.after(t)[t, n, b] + i * g
-    stores = UOp.group(cs[t + 1, n, b].store(c_new), hs[t + 1, n, b].store(o * _tanh(c_new)))
+    tanh_c = _tanh(c_new)
+    stores = UOp.group(
+        cs[t + 1, n, b].store(c_new), tanh_cs[t, n, b].store(tanh_c), hs[t + 1, n, b].store(o * tanh_c)
+    )
     return (
         stores.end(bi, n).end(t).end(loops.outer).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
     )
 
 
-def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, gates: UOp, w_hh: UOp) -> UOp:
+def _backward_kernel(
+    dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
+) -> UOp:
     """Backward through time. dz: [T, 4H, B] gradient of the gate pre-activations.
 
     dc_carry[t] and dh_carry[t] hold what step t passes back to step t-1; row T is zero.
@@ -129,7 +137,7 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
     bi, b = loops.lane()
     dh = dhs[t + 1, k, b] + dh0.after(r)[t + 1, k, b]
     i, f, g, o = (gates[t, q * hidden + k, b] for q in range(4))
-    tanh_c = _tanh(cs[t + 1, k, b])
+    tanh_c = tanh_cs[t, k, b]
     dc = dc0.after(r)[t + 1, k, b] + dh * o * (1 - tanh_c * tanh_c)
     gate_grads = UOp.group(
         dz[t, k, b].store(dc * g * i * (1 - i)),
@@ -150,36 +158,61 @@ def _backward_kernel(dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, g
     return done.end(r).end(loops.outer).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
 
 
-def _batch_dot_kernel(partial: UOp, a: UOp, b_in: UOp) -> UOp:
-    """partial[j, k, l] = sum over t and batch blocks of a[t, j, block*L + l] * b_in[t, k, block*L + l].
+def _batch_dot(ids: itertools.count, out: UOp, partial: UOp, a: UOp, b_in: UOp) -> UOp:
+    """out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b]; a: [T, J, B], b_in: [T', K, B].
 
-    a: [T, J, B], b_in: [T', K, B] with T' >= T. Summing the L lanes afterwards gives
-    sum_t,b a[t, j, b] * b_in[t, k, b]: a weight gradient over all time steps at once.
+    Each of the L lanes of partial[j, k, :] sums every L-th batch column (clang vectorises
+    that), then the lanes are added up: a weight gradient over all time steps at once.
     """
     steps, rows, batch = a.shape
     cols, lanes = b_in.shape[1], partial.shape[2]
-    j, k = UOp.range(rows, 0), UOp.range(cols, 1)
-    li = UOp.range(lanes, 2)
+
+    def rng(size: int, axis: AxisType = AxisType.WEAK) -> UOp:
+        return UOp.range(size, next(ids), axis)
+
+    j, k = rng(rows), rng(cols)
+    li = rng(lanes)
     acc = partial.after(partial[j, k, li].store(0.0).end(li))
-    t = UOp.range(steps, 3, AxisType.REDUCE)
-    bo = UOp.range(batch // lanes, 4, AxisType.REDUCE)
-    li = UOp.range(lanes, 5)
+    t, bo = rng(steps, AxisType.REDUCE), rng(batch // lanes, AxisType.REDUCE)
+    li = rng(lanes)
     b = bo * lanes + li
-    total = acc[j, k, li].store(acc.after(t, bo)[j, k, li] + a[t, j, b] * b_in[t, k, b]).end(li, bo, t)
-    return total.end(k).end(j).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
+    acc = partial.after(
+        acc[j, k, li].store(acc.after(t, bo)[j, k, li] + a[t, j, b] * b_in[t, k, b]).end(li, bo, t)
+    )
+    total = UOp.placeholder((1,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
+    total = total.after(acc)[0].set(0.0)
+    li = rng(lanes, AxisType.REDUCE)
+    total = total[0].set(total.after(li)[0] + acc[j, k, li], end=li)
+    return out[j, k].store(total[0]).end(k).end(j)
 
 
-def _weight_gradient(dz: Tensor, inputs: Tensor) -> Tensor:
-    """sum over t and b of dz[t, j, b] * inputs[t, k, b], as [J, K]."""
-    lanes = _lanes(dz.shape[2])
-    partial = Tensor.empty(dz.shape[1], inputs.shape[1], lanes, device=dz.device)
-    partial, *_ = Tensor.custom_kernel(partial, dz, inputs, fxn=_batch_dot_kernel)
-    return partial.sum(-1)
+def _weight_gradient_kernel(
+    d_w_hh: UOp, partial_hh: UOp, d_w_in: UOp, partial_in: UOp, dz: UOp, hs: UOp, xa: UOp
+) -> UOp:
+    """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b."""
+    ids = itertools.count()
+    both = UOp.group(_batch_dot(ids, d_w_hh, partial_hh, dz, hs), _batch_dot(ids, d_w_in, partial_in, dz, xa))
+    return both.sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
+
+
+def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
+    hidden4, lanes, device = dz.shape[1], _lanes(dz.shape[2]), dz.device
+    d_w_hh, _, d_w_in, *_ = Tensor.custom_kernel(
+        Tensor.empty(hidden4, hs.shape[1], device=device),
+        Tensor.empty(hidden4, hs.shape[1], lanes, device=device),
+        Tensor.empty(hidden4, xa.shape[1], device=device),
+        Tensor.empty(hidden4, xa.shape[1], lanes, device=device),
+        dz,
+        hs,
+        xa,
+        fxn=_weight_gradient_kernel,
+    )
+    return d_w_hh, d_w_in
 
 
 def _fused_gradient(grad: UOp, call: UOp) -> tuple:
-    hs_buf, cs_buf, gates_buf, xa, _w_in, w_hh = call.src[1:]
-    hs, cs, gates = (Tensor(u.after(call)) for u in (hs_buf, cs_buf, gates_buf))
+    hs_buf, cs_buf, tanh_buf, gates_buf, xa, _w_in, w_hh = call.src[1:]
+    hs, cs, tanh_cs, gates = (Tensor(u.after(call)) for u in (hs_buf, cs_buf, tanh_buf, gates_buf))
     steps1, hidden, batch = hs.shape
     steps, device = steps1 - 1, hs.device
     dz, *_ = Tensor.custom_kernel(
@@ -188,6 +221,7 @@ def _fused_gradient(grad: UOp, call: UOp) -> tuple:
         Tensor.empty(steps1, hidden, batch, device=device),
         Tensor(grad),
         cs,
+        tanh_cs,
         gates,
         Tensor(w_hh),
         fxn=_backward_kernel,
@@ -196,8 +230,8 @@ def _fused_gradient(grad: UOp, call: UOp) -> tuple:
     # and the inputs' gradient (scheduled only when something needs it) is W_in^T dz[t]
     xa, w_in = Tensor(xa), Tensor(_w_in)
     d_xa = (w_in.reshape(1, 4 * hidden, -1, 1) * dz.reshape(steps, 4 * hidden, 1, batch)).sum(1)
-    d_w_in = _weight_gradient(dz, xa)
-    return (None, None, None, d_xa.uop, d_w_in.uop, _weight_gradient(dz, hs).uop)
+    d_w_hh, d_w_in = _weight_gradients(dz, hs, xa)
+    return (None, None, None, None, d_xa.uop, d_w_in.uop, d_w_hh.uop)
 
 
 def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
@@ -209,9 +243,10 @@ def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
     xa = x.permute(1, 2, 0).pad((None, (0, 1), None), value=1.0).contiguous()
     w_in = w_ih.cat((b_ih + b_hh).reshape(4 * hidden, 1), dim=1)
     hs, *_ = Tensor.custom_kernel(
-        Tensor.empty(steps + 1, hidden, batch, device=device),
-        Tensor.empty(steps + 1, hidden, batch, device=device),
-        Tensor.empty(steps, 4 * hidden, batch, device=device),
+        Tensor.empty(steps + 1, hidden, batch, device=device),  # h_0 .. h_T
+        Tensor.empty(steps + 1, hidden, batch, device=device),  # c_0 .. c_T
+        Tensor.empty(steps, hidden, batch, device=device),  # tanh(c_1) .. tanh(c_T), for backward
+        Tensor.empty(steps, 4 * hidden, batch, device=device),  # activated gates, for backward
         xa,
         w_in.contiguous(),
         w_hh,

@@ -27,3 +27,13 @@ def upload(tensor: Tensor, array: np.ndarray) -> Tensor:
         raise ValueError(f"upload of {data.size} values into a buffer of {buffer.size}")
     buffer.copy_from(Buffer("PYTHON", buffer.size, buffer.dtype, opaque=memoryview(data).cast("B")))
     return tensor
+
+
+def download(tensor: Tensor) -> np.ndarray:
+    """A copy of a realized float32 tensor's data, read straight from its buffer.
+
+    `Tensor.numpy()` schedules a contiguous copy first (about 2 ms on the CPU device).
+    """
+    buffer = tensor.uop.buffer
+    view = buffer.as_memoryview(allow_zero_copy=True)
+    return np.frombuffer(view, dtype=np.float32, count=buffer.size).copy().reshape(tensor.shape)

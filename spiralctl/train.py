@@ -23,7 +23,7 @@ from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
 from spiralctl.files import atomic_output
 from spiralctl.inference import Predictor, bce_with_logits, classification_report
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
-from spiralctl.staging import staging_tensor, upload
+from spiralctl.staging import download, staging_tensor, upload
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -129,7 +129,7 @@ class Trainer:
             self._jits[key] = TinyJit(self._train_steps)
         losses = self._jits[key](upload(self._inputs[key], packed), batch, steps)
         self.step_count += count
-        return losses.numpy()
+        return download(losses)
 
     def step(self, x: np.ndarray, y: np.ndarray, count: int) -> float:
         """One step on one batch of which the first `count` rows are real."""
