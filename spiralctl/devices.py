@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -37,13 +39,28 @@ class DeviceStatus:
     reason: str
 
 
+def _missing_driver(base: str) -> str | None:
+    """A quick look for the driver before tinygrad imports a runtime (which takes seconds)."""
+    if base == "METAL" and sys.platform != "darwin":
+        return "Metal is only on macOS"
+    if base == "CUDA" and ctypes.util.find_library("cuda") is None:
+        return "libcuda (the NVIDIA driver's CUDA library) was not found"
+    if base == "NV" and not os.path.exists("/dev/nvidiactl"):
+        return "no NVIDIA GPU device (/dev/nvidiactl) was found"
+    if base == "AMD" and not os.path.exists("/dev/kfd"):
+        return "no AMD GPU device (/dev/kfd) was found"
+    if base == "HIP" and ctypes.util.find_library("amdhip64") is None:
+        return "libamdhip64 (ROCm's HIP library) was not found"
+    return None
+
+
 def probe(device: str) -> tuple[bool, str]:
     """Can tinygrad open `device` here? Returns (ok, reason when not)."""
     base = device.split(":")[0].upper()
     if base == "CPU" and ":LLVM" not in device.upper() and shutil.which("clang") is None:
         return False, "clang is not installed; " + BACKENDS["cpu"][1]
-    if base == "METAL" and sys.platform != "darwin":
-        return False, "Metal is only on macOS"
+    if (missing := _missing_driver(base)) is not None:
+        return False, missing
     from tinygrad import Device
 
     try:

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tinygrad import Context, Tensor, TinyJit
-from tinygrad.nn.optim import Adam
+from tinygrad import Tensor, TinyJit
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
 from spiralctl.data import Dataset, padded_batches
@@ -23,10 +22,10 @@ from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
 from spiralctl.files import atomic_output
 from spiralctl.inference import Predictor, bce_with_logits, classification_report
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
+from spiralctl.optim import BETAS, FusedAdam, adam_scalars
 from spiralctl.staging import download, staging_tensor, upload
 
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
+ADAM_BETAS = BETAS
 STEPS_PER_CALL = 1
 
 
@@ -91,10 +90,7 @@ class Trainer:
         self.model = model
         self.config = config
         self.impl = impl
-        params = [model.parameters[name] for name in PARAMETER_NAMES]
-        self.optimizer = Adam(
-            params, lr=config.lr, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS, fused=False
-        )
+        self.optimizer = FusedAdam([model.parameters[name] for name in PARAMETER_NAMES])
         self.step_count = 0
         self._jits: dict[tuple, TinyJit] = {}
         self._inputs: dict[tuple, Tensor] = {}
@@ -102,27 +98,30 @@ class Trainer:
     def _train_steps(self, packed: Tensor, batch: int, steps: int) -> Tensor:
         """Run `packed.shape[0]` optimizer steps in one jitted call; returns each step's loss.
 
-        Each row of `packed` holds one batch: its sequences [B, T, D], labels [B] and mask [B]
-        (1 for real rows, 0 for padding), flattened into one buffer so one copy uploads it.
+        Each row of `packed` holds one batch: its sequences [B, T, D], labels [B], mask [B]
+        (1 for real rows, 0 for padding) and Adam's three step numbers, flattened into one
+        buffer so that one copy uploads it.
         """
         losses = []
-        size = packed.shape[1] - 2 * batch
-        with Context(TRAINING=1):
-            for step in range(packed.shape[0]):
-                x = packed[step, :size].reshape(batch, steps, -1)
-                y, mask = packed[step, size : size + batch], packed[step, size + batch :]
-                self.optimizer.zero_grad()
-                per_sequence = bce_with_logits(self.model(x, impl=self.impl), y)
-                loss = (per_sequence * mask).sum() / mask.sum()
-                loss.backward()
-                # realize the loss with the update: it is then the loss of this step's forward pass
-                losses.append(loss.realize(*self.optimizer.schedule_step()))
+        size = packed.shape[1] - 2 * batch - 3
+        for step in range(packed.shape[0]):
+            row = packed[step]
+            x = row[:size].reshape(batch, steps, -1)
+            y, mask, scalars = row[size : size + batch], row[size + batch : size + 2 * batch], row[-3:]
+            self.optimizer.zero_grad()
+            per_sequence = bce_with_logits(self.model(x, impl=self.impl), y)
+            loss = (per_sequence * mask).sum() / mask.sum()
+            loss.backward()
+            # the loss is realized with the gradients, before the update: this step's loss
+            losses.append(loss.realize())
+            Tensor.realize(*self.optimizer.step(scalars.contiguous()))
         return Tensor.stack(*losses).realize()
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the K losses once."""
         count, batch, steps = x.shape[:3]
-        packed = np.concatenate([x.reshape(count, -1), y.reshape(count, batch), mask], axis=1)
+        scalars = np.stack([adam_scalars(self.config.lr, self.step_count + k + 1) for k in range(count)])
+        packed = np.concatenate([x.reshape(count, -1), y.reshape(count, batch), mask, scalars], axis=1)
         key = x.shape
         if key not in self._jits:
             self._inputs[key] = staging_tensor(packed.shape, self.model.device)
@@ -138,31 +137,28 @@ class Trainer:
         return float(self.steps(x[None], y[None], mask)[0])
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
-        opt = self.optimizer
+        b1, b2 = ADAM_BETAS
         state: dict[str, np.ndarray] = {
             "step": np.array([self.step_count], dtype=np.int64),
-            "b1_power": opt.b1_t.numpy(),
-            "b2_power": opt.b2_t.numpy(),
+            "b1_power": np.array([b1**self.step_count], dtype=np.float32),
+            "b2_power": np.array([b2**self.step_count], dtype=np.float32),
         }
-        for name, m, v in zip(PARAMETER_NAMES, opt.m, opt.v):
-            state[f"{name}.exp_avg"] = m.numpy()
-            state[f"{name}.exp_avg_sq"] = v.numpy()
+        opt = self.optimizer
+        for name, m, v in zip(PARAMETER_NAMES, opt.exp_avg, opt.exp_avg_sq):
+            state[f"{name}.exp_avg"] = download(m)
+            state[f"{name}.exp_avg_sq"] = download(v)
         return state
 
     def load_optimizer_state(self, state: dict[str, np.ndarray], source: Path) -> None:
-        needed = ["step", "b1_power", "b2_power"] + [
-            f"{n}.{s}" for n in PARAMETER_NAMES for s in ("exp_avg", "exp_avg_sq")
-        ]
+        needed = ["step"] + [f"{n}.{s}" for n in PARAMETER_NAMES for s in ("exp_avg", "exp_avg_sq")]
         missing = [k for k in needed if k not in state]
         if missing:
             raise SpiralError(f"{source}: no optimizer state to resume from (missing optimizer.{missing[0]})")
-        opt, device = self.optimizer, self.model.device
         self.step_count = int(state["step"].reshape(-1)[0])
-        opt.b1_t.assign(Tensor(state["b1_power"].astype(np.float32), device=device)).realize()
-        opt.b2_t.assign(Tensor(state["b2_power"].astype(np.float32), device=device)).realize()
-        for name, m, v in zip(PARAMETER_NAMES, opt.m, opt.v):
-            m.assign(Tensor(state[f"{name}.exp_avg"].astype(np.float32), device=device)).realize()
-            v.assign(Tensor(state[f"{name}.exp_avg_sq"].astype(np.float32), device=device)).realize()
+        self.optimizer.load(
+            [state[f"{n}.exp_avg"] for n in PARAMETER_NAMES],
+            [state[f"{n}.exp_avg_sq"] for n in PARAMETER_NAMES],
+        )
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,0 +1,72 @@
+"""Adam as one custom tinygrad kernel that updates every parameter and both moments in place.
+
+tinygrad's own Adam schedules several kernels per parameter and step; on the CPU device each
+kernel launch costs tens of microseconds, which for this small model is more than the update.
+The step-dependent numbers (learning rate and the bias corrections) come in as a tensor, so
+a jitted step reads them fresh every call and the same step count always gives the same
+numbers (exact resume).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from tinygrad import Tensor, UOp
+from tinygrad.uop.ops import KernelInfo
+
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def _adam_kernel(*buffers: UOp, count: int) -> UOp:
+    params, exp_avg, exp_avg_sq = buffers[:count], buffers[count : 2 * count], buffers[2 * count : 3 * count]
+    grads, scalars = buffers[3 * count : 4 * count], buffers[4 * count]
+    lr, correction1, correction2 = scalars[0], scalars[1], scalars[2]
+    b1, b2 = BETAS
+    ids = itertools.count()
+    updates = []
+    for p, m, v, g in zip(params, exp_avg, exp_avg_sq, grads):
+        p, m, v, g = p.flatten(), m.flatten(), v.flatten(), g.flatten()
+        i = UOp.range(p.numel(), next(ids))
+        m_new = m[i] * b1 + g[i] * (1 - b1)
+        v_new = v[i] * b2 + g[i] * g[i] * (1 - b2)
+        step = lr * (m_new * correction1) / ((v_new * correction2).sqrt() + EPS)
+        updates.append(UOp.group(m[i].store(m_new), v[i].store(v_new), p[i].store(p[i] - step)).end(i))
+    return UOp.group(*updates).sink(arg=KernelInfo(name="adam", opts_to_apply=()))
+
+
+def adam_scalars(lr: float, step: int) -> np.ndarray:
+    """[lr, 1/(1-b1^step), 1/(1-b2^step)] for the `step`-th update (counting from 1)."""
+    b1, b2 = BETAS
+    return np.array([lr, 1.0 / (1.0 - b1**step), 1.0 / (1.0 - b2**step)], dtype=np.float32)
+
+
+class FusedAdam:
+    """Adam (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8) over a list of parameter tensors."""
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params
+        self.exp_avg = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in params]
+        self.exp_avg_sq = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self, scalars: Tensor) -> list[Tensor]:
+        """Update in place from the parameters' .grad; returns the tensors to realize."""
+        grads = [p.grad for p in self.params]
+        Tensor.realize(*grads)  # the gradients read the old parameters: finish them first
+        count = len(self.params)
+        states = [*self.params, *self.exp_avg, *self.exp_avg_sq]
+        outputs = Tensor.custom_kernel(
+            *states, *grads, scalars, fxn=lambda *buffers: _adam_kernel(*buffers, count=count)
+        )
+        for tensor, updated in zip(states, outputs):
+            tensor.replace(updated)  # the kernel wrote into the same buffers
+        return states
+
+    def load(self, exp_avg: list[np.ndarray], exp_avg_sq: list[np.ndarray]) -> None:
+        for tensor, value in zip(self.exp_avg + self.exp_avg_sq, exp_avg + exp_avg_sq):
+            tensor.assign(Tensor(value.astype(np.float32), device=tensor.device)).realize()
