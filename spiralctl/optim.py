@@ -15,6 +15,8 @@ import numpy as np
 from tinygrad import Tensor, UOp
 from tinygrad.uop.ops import KernelInfo
 
+from spiralctl.staging import staging_tensor, upload
+
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 
@@ -47,8 +49,9 @@ class FusedAdam:
 
     def __init__(self, params: list[Tensor]) -> None:
         self.params = params
-        self.exp_avg = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in params]
-        self.exp_avg_sq = [Tensor.zeros(*p.shape, device=p.device).contiguous().realize() for p in params]
+        # filled from numpy: no kernel to compile before the first step
+        self.exp_avg = [upload(staging_tensor(p.shape, p.device), np.zeros(p.shape)) for p in params]
+        self.exp_avg_sq = [upload(staging_tensor(p.shape, p.device), np.zeros(p.shape)) for p in params]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -69,4 +72,4 @@ class FusedAdam:
 
     def load(self, exp_avg: list[np.ndarray], exp_avg_sq: list[np.ndarray]) -> None:
         for tensor, value in zip(self.exp_avg + self.exp_avg_sq, exp_avg + exp_avg_sq):
-            tensor.assign(Tensor(value.astype(np.float32), device=tensor.device)).realize()
+            upload(tensor, value)
