@@ -234,3 +234,62 @@ def test_kill_9_leaves_every_checkpoint_loadable(tmp_path, many_steps_data):
             load_checkpoint(run / name)  # raises if damaged
         leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
         assert all(name.startswith(".") for name in leftovers)  # only hidden temporaries, never a real name
+
+
+def _damaged_files(folder: Path, small_data: Path, trained_run: Path) -> dict[str, Path]:
+    """Every kind of bad file, by name, as files in `folder`."""
+    from test_files import BAD_FILES
+
+    files = {}
+    for name, raw in BAD_FILES.items():
+        files[name] = folder / f"{name.replace(' ', '-')}.safetensors"
+        files[name].write_bytes(raw)
+    files["zeros"] = folder / "zeros.safetensors"
+    files["zeros"].write_bytes(bytes(4096))
+    files["huge header"] = folder / "huge.safetensors"
+    header = b'{"__metadata__":{"pad":"' + b"x" * (17 * 1024 * 1024) + b'"}}'
+    files["huge header"].write_bytes(len(header).to_bytes(8, "little") + header)
+    files["directory"] = folder / "dir.safetensors"
+    files["directory"].mkdir()
+    files["dataset for checkpoint"] = small_data / "val.safetensors"
+    files["checkpoint for dataset"] = trained_run / "best.safetensors"
+    tensors, metadata = read_safetensors(trained_run / "best.safetensors")
+    tensors["lstm.weight_hh_l0"] = np.full_like(tensors["lstm.weight_hh_l0"], np.nan)
+    files["NaN weights"] = folder / "nan-weights.safetensors"
+    write_safetensors(files["NaN weights"], tensors, metadata)
+    flipped = bytearray((trained_run / "best.safetensors").read_bytes())
+    flipped[-3] ^= 0x10
+    files["flipped byte"] = folder / "flipped.safetensors"
+    files["flipped byte"].write_bytes(bytes(flipped))
+    return files
+
+
+def test_every_bad_file_gets_one_line_and_exit_2_everywhere(tmp_path, small_data, trained_run):
+    from typer.testing import CliRunner
+
+    from spiralctl.cli import app
+
+    runner = CliRunner()
+    files = _damaged_files(tmp_path, small_data, trained_run)
+    checkpoint, dataset = trained_run / "best.safetensors", small_data / "val.safetensors"
+    for name, bad in files.items():
+        uses = []  # (arguments, the file the error line must name)
+        if name != "checkpoint for dataset":
+            uses += [(["eval", bad, dataset], bad.name), (["train", "--resume", bad], bad.name)]
+        if name != "dataset for checkpoint":
+            uses += [(["eval", checkpoint, bad], bad.name), (["predict", checkpoint, bad], bad.name)]
+            data_dir = tmp_path / "data" / name.replace(" ", "-")
+            data_dir.mkdir(parents=True)
+            (data_dir / "train.safetensors").symlink_to(bad)
+            (data_dir / "val.safetensors").symlink_to(dataset)
+            out = tmp_path / "runs" / name.replace(" ", "-")
+            uses.append((["train", "--data", data_dir, "--out", out], f"{data_dir.name}/train.safetensors"))
+        for args, named in uses:
+            started = time.monotonic()
+            result = runner.invoke(app, [str(a) for a in args])
+            lines = [line for line in result.output.splitlines() if line.strip()]
+            assert result.exit_code == 2, (name, args, result.output)
+            assert len(lines) == 1 and lines[0].startswith("error: "), (name, args, result.output)
+            assert "Traceback" not in result.output
+            assert named in lines[0], (name, lines[0])
+            assert time.monotonic() - started < 30
