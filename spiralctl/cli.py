@@ -225,12 +225,17 @@ def evaluate(
     threshold: Annotated[
         float, typer.Option(help="Probability above which a sequence is anticlockwise.")
     ] = 0.5,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(help="Exit with code 1 when the accuracy is below this (for CI pipelines)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
 
     Example: spiralctl eval runs/train-1/best.safetensors data/test.safetensors
     """
+    from spiralctl.train import check_min_accuracy
     from spiralctl.train import evaluate as run_eval
 
     report = run_eval(checkpoint, data, device=device, batch_size=batch_size, threshold=threshold)
@@ -239,6 +244,8 @@ def evaluate(
         ui.print_json(console, report)
     else:
         ui.eval_report(console, report)
+    if min_accuracy is not None:
+        check_min_accuracy(report, min_accuracy)
 
 
 @app.command()
@@ -280,6 +287,25 @@ def predict(
             ui.print_json(console, row)
     else:
         ui.predictions_table(console, rows)
+
+
+@app.command()
+def info(
+    file: Annotated[Path, typer.Argument(help="A dataset or checkpoint .safetensors file.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Show what a dataset or checkpoint holds: kind, format, tensors, configs, checksum.
+
+    Example: spiralctl info runs/train-1/best.safetensors
+    """
+    from spiralctl.info import describe
+
+    report = describe(file)
+    console = ui.make_console()
+    if json_output:
+        ui.print_json(console, report)
+    else:
+        ui.file_info(console, report)
 
 
 @app.command()

@@ -469,6 +469,8 @@ def evaluate(
 
     if batch_size < 1:
         raise SpiralError(f"--batch-size must be at least 1 (got {batch_size})")
+    if not 0 < threshold < 1:
+        raise SpiralError(f"--threshold must be between 0 and 1 (got {threshold})")
     checkpoint = load_checkpoint(checkpoint_path)
     data = load_dataset(data_path)
     tinygrad_device = resolve_device(device)
@@ -480,3 +482,12 @@ def evaluate(
         "data": str(data_path),
         "device": tinygrad_device,
     }
+
+
+def check_min_accuracy(report: dict, min_accuracy: float) -> None:
+    """For CI pipelines: a run failure (exit 1) when the evaluated accuracy is too low."""
+    if report["accuracy"] < min_accuracy:
+        raise SpiralError(
+            f"accuracy {report['accuracy']:.4f} on {report['data']} is below --min-accuracy {min_accuracy}",
+            exit_code=EXIT_FAILURE,
+        )

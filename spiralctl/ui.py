@@ -198,6 +198,33 @@ def datasets_table(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
+def file_info(console: Console, report: dict) -> None:
+    summary = Table(title=report["file"], show_header=False, title_justify="left")
+    summary.add_column(style="bold")
+    summary.add_column(overflow="fold")
+    summary.add_row("kind", report["kind"])
+    summary.add_row("format", str(report["format"]))
+    summary.add_row("size", f"{report['bytes']} bytes")
+    summary.add_row("checksum", report["checksum"])
+    if report["kind"] == "dataset":
+        classes = ", ".join(f"{n} {name}" for name, n in report["classes"].items())
+        summary.add_row("sequences", f"{report['sequences']} of {report['length']} points ({classes})")
+    if report["kind"] == "checkpoint":
+        summary.add_row("epoch", str(report["epoch"]))
+        summary.add_row("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters")
+        summary.add_row("resumable", "yes (optimizer state stored)" if report["resumable"] else "no")
+    for key, value in report["metadata"].items():
+        if key not in ("format", "epoch"):  # shown above
+            summary.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    console.print(summary)
+    tensors = Table(title="tensors", title_justify="left")
+    for column in ("name", "dtype", "shape"):
+        tensors.add_column(column)
+    for tensor in report["tensors"]:
+        tensors.add_row(tensor["name"], tensor["dtype"], str(tensor["shape"]))
+    console.print(tensors)
+
+
 def devices_table(console: Console, rows: list[dict]) -> None:
     table = Table(title_justify="left")
     for column in ("backend", "tinygrad device", "works", "why not"):

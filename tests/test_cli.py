@@ -224,3 +224,39 @@ def test_failed_gen_data_leaves_existing_files_untouched(run, small_data, tmp_pa
 def test_debug_shows_the_traceback(run):
     result = run("--debug", "eval", "missing.safetensors", "missing.safetensors")
     assert result.exit_code == 2 and "Traceback" in result.output
+
+
+def test_info_on_dataset_and_checkpoint(run, small_data, trained_run):
+    result = run("info", small_data / "test.safetensors", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kind"] == "dataset" and report["checksum"] == "verified"
+    assert report["classes"] == {"clockwise": 15, "anticlockwise": 15}
+    assert report["metadata"]["generator"]["sequences"] == 120
+    assert {t["name"]: t["shape"] for t in report["tensors"]} == {"x": [30, 12, 2], "y": [30]}
+
+    result = run("info", trained_run / "best.safetensors", "--json")
+    report = json.loads(result.output)
+    assert report["kind"] == "checkpoint" and report["hidden"] == 4 and report["resumable"]
+    assert report["parameters"] == 4 * 4 * 2 + 4 * 4 * 4 + 2 * 4 * 4 + 4 + 1
+    assert report["metadata"]["train"]["batch_size"] == 32
+
+    result = run("info", trained_run / "last.safetensors")
+    assert result.exit_code == 0 and "checkpoint" in result.output and "lstm.weight_hh_l0" in result.output
+
+
+def test_info_on_a_damaged_file(run, tmp_path, trained_run):
+    raw = bytearray((trained_run / "best.safetensors").read_bytes())
+    raw[-1] ^= 0x01
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw))
+    result = run("info", "bad.safetensors")
+    assert result.exit_code == 2 and "checksum" in _error_line(result)
+
+
+def test_eval_min_accuracy_fails_the_run_below_the_bar(run, small_data, trained_run):
+    args = ["eval", trained_run / "best.safetensors", small_data / "test.safetensors", "--json"]
+    accuracy = json.loads(run(*args).output)["accuracy"]
+    assert run(*args, "--min-accuracy", accuracy).exit_code == 0
+    result = run(*args, "--min-accuracy", min(1.0, accuracy + 0.01) if accuracy < 1 else 1.01)
+    assert result.exit_code == 1
+    assert "--min-accuracy" in result.output.strip().splitlines()[-1]
