@@ -28,23 +28,23 @@ class Predictor:
         self._jits: dict[tuple[int, int], TinyJit] = {}
         self._inputs: dict[tuple[int, int], Tensor] = {}
 
-    def _forward(self, batch: int, length: int) -> TinyJit:
+    def _forward(self, batch: int, length: int) -> tuple[TinyJit, Tensor]:
+        """The jitted forward pass for this shape and the input buffer it reads."""
         key = (batch, length)
         if key not in self._jits:
             self._inputs[key] = staging_tensor((batch, length, 2), self.model.device)
             self._jits[key] = TinyJit(lambda x: self.model(x).realize())
-        return self._jits[key]
+        return self._jits[key], self._inputs[key]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """x: float32[N, T, 2] -> float32[N] logits."""
         n, length = x.shape[0], x.shape[1]
         batch = min(self.batch_size, n)
-        forward = self._forward(batch, length)
+        forward, staged = self._forward(batch, length)
         out = np.empty(n, dtype=np.float32)
         done = 0
         for index, count in padded_batches(n, batch):
-            xb = upload(self._inputs[(batch, length)], x[index])
-            out[done : done + count] = download(forward(xb))[:count]
+            out[done : done + count] = download(forward(upload(staged, x[index])))[:count]
             done += count
         return out
 
@@ -96,6 +96,16 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: flo
     }
 
 
+def check_inference_options(batch_size: int, threshold: float) -> None:
+    """The options eval and predict share."""
+    from spiralctl.errors import SpiralError
+
+    if batch_size < 1:
+        raise SpiralError(f"--batch-size must be at least 1 (got {batch_size})")
+    if not 0 < threshold < 1:
+        raise SpiralError(f"--threshold must be between 0 and 1 (got {threshold})")
+
+
 def predict(
     checkpoint_path,
     source: str,
@@ -106,13 +116,9 @@ def predict(
     """Classify every sequence in `source` (see inputs.read_sequences); one dict per sequence."""
     from spiralctl.checkpoint import load_checkpoint
     from spiralctl.devices import resolve_device
-    from spiralctl.errors import SpiralError
     from spiralctl.inputs import read_sequences
 
-    if batch_size < 1:
-        raise SpiralError(f"--batch-size must be at least 1 (got {batch_size})")
-    if not 0 < threshold < 1:
-        raise SpiralError(f"--threshold must be between 0 and 1 (got {threshold})")
+    check_inference_options(batch_size, threshold)
     checkpoint = load_checkpoint(checkpoint_path)
     names, sequences, labels = read_sequences(source)
     model = SpiralClassifier(checkpoint.model, checkpoint.weights, resolve_device(device))

@@ -20,7 +20,7 @@ from spiralctl.checkpoint import Checkpoint, save_checkpoint
 from spiralctl.data import Dataset, padded_batches
 from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
 from spiralctl.files import atomic_output
-from spiralctl.inference import Predictor, bce_with_logits, classification_report
+from spiralctl.inference import Predictor, bce_with_logits, check_inference_options, classification_report
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
 from spiralctl.optim import BETAS, FusedAdam, adam_scalars
 from spiralctl.staging import download, staging_tensor, upload
@@ -467,10 +467,7 @@ def evaluate(
     from spiralctl.data import load_dataset
     from spiralctl.devices import resolve_device
 
-    if batch_size < 1:
-        raise SpiralError(f"--batch-size must be at least 1 (got {batch_size})")
-    if not 0 < threshold < 1:
-        raise SpiralError(f"--threshold must be between 0 and 1 (got {threshold})")
+    check_inference_options(batch_size, threshold)
     checkpoint = load_checkpoint(checkpoint_path)
     data = load_dataset(data_path)
     tinygrad_device = resolve_device(device)
