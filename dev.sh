@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up spiralctl in .venv and run it:
-#   ./dev.sh demo   generate data, train, evaluate and predict on the built-in defaults
+#   ./dev.sh demo   generate data, train, evaluate, predict and plot on the built-in defaults
 #   ./dev.sh test   lint and run the test suite
 # Set-up makes sure clang is there (tinygrad's CPU backend compiles kernels with it),
 # installing it with apt-get when it is missing and that is possible.
@@ -50,7 +50,7 @@ ensure_venv() {  # ensure_venv EXTRAS
 case "${1:-}" in
   demo)
     ensure_clang
-    ensure_venv ""
+    ensure_venv plot
     PATH="$PWD/$VENV/bin:$PATH" bash examples/walkthrough.sh "${2:-demo}"
     ;;
   test)

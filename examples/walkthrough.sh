@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole journey on the built-in defaults: generate data, train, evaluate, predict.
+# The whole journey on the built-in defaults: generate data, train, evaluate, predict, plot.
 # Usage: bash examples/walkthrough.sh [WORK_DIR]   (default: demo)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,3 +12,6 @@ spiralctl train --data "$work/data" --out "$work/run" --exist-ok
 spiralctl eval "$work/run/best.safetensors" "$work/data/test.safetensors"
 # four hand-made spirals of 20 to 80 points, in a CSV with header sequence,x,y
 spiralctl predict "$work/run/best.safetensors" "$here/spirals.csv"
+# the first 16 test spirals, coloured by the model's prediction, mistakes framed in red
+spiralctl plot "$work/data/test.safetensors" --checkpoint "$work/run/best.safetensors" --limit 16 \
+  -o "$work/test-predictions.png"

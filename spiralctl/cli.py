@@ -15,7 +15,8 @@ from typer.core import TyperGroup
 from spiralctl import __version__, ui
 from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, SpiralError
 
-_state = {"debug": False}
+# set by the global options for the command being run
+_state: dict = {"debug": False, "stdout": None}
 
 # Typer's parsing errors, found through a public class so this works whether Typer
 # uses click or its own copy of it.
@@ -30,6 +31,7 @@ class SpiralGroup(TyperGroup):
         return list(self.commands)  # the order of the journey, not alphabetical
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _state.update(debug=False, stdout=None)
         try:
             code = super().main(
                 args=args,
@@ -65,10 +67,12 @@ class SpiralGroup(TyperGroup):
 
 app = typer.Typer(
     cls=SpiralGroup,
-    help="Generate spiral sequence datasets, then train, evaluate and run an LSTM classifier on tinygrad.",
+    help="Generate spiral sequence datasets, then train, evaluate and run an LSTM classifier on tinygrad.\n\n"
+    "The commands in the order you meet them: gen-data, train, eval, predict; then plot, export, "
+    "info and devices. `spiralctl COMMAND --help` shows each one's options and examples.",
     add_completion=True,
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -81,13 +85,44 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks for errors and tinygrad's debug output (DEBUG=2: every kernel "
+            "with its time), on stderr.",
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
+    if debug:
+        import contextlib
+
+        from tinygrad.helpers import DEBUG, Context
+
+        # tinygrad prints its debug lines to stdout; send them to stderr, keep stdout for results
+        _state["stdout"] = sys.stdout
+        ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
+        ctx.with_resource(Context(DEBUG=max(DEBUG.value, 2)))
+
+
+def _results():
+    """The console for results: stdout (the real one, also under --debug)."""
+    return ui.make_console(file=_state["stdout"])
+
+
+def _show(result, json_output: bool, render) -> None:
+    """A command's result on stdout: one JSON object, or rendered for people."""
+    console = _results()
+    if json_output:
+        ui.print_json(console, result)
+    else:
+        render(console, result)
 
 
 class Style(str, Enum):
@@ -128,7 +163,9 @@ def gen_data(
 ) -> None:
     """Write a spiral dataset (clockwise vs anticlockwise) to OUT_DIR.
 
-    Example: spiralctl gen-data data/ --test-fraction 0.2
+    **Example**
+
+    spiralctl gen-data data/ --test-fraction 0.2
     """
     from spiralctl.data import DataConfig, generate, save_datasets
 
@@ -154,64 +191,172 @@ def gen_data(
         }
         for (split, d), path in zip(datasets.items(), paths)
     ]
-    console = ui.make_console()
-    if json_output:
-        ui.print_json(console, {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows})
-    else:
-        ui.datasets_table(console, rows)
+    summary = {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
+    _show(summary, json_output, ui.datasets_table)
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Option(
             help="Folder with train.safetensors and val.safetensors. "
-            "Without it: the default dataset, generated from --seed."
+            "Without it: the default dataset, generated from --seed.",
+            rich_help_panel=DATA,
         ),
     ] = None,
     device: DeviceOption = "auto",
-    epochs: Annotated[int, typer.Option(help="Epochs in total (also when resuming).")] = 25,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
-    hidden: Annotated[int, typer.Option(help="LSTM hidden size.")] = 8,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.01,
-    seed: Annotated[int, typer.Option(help="Seed for weights, shuffling and the default data.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default: a new runs/train-N).")] = None,
-    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Write into an existing run folder.")] = False,
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size.", rich_help_panel=MODEL)] = 8,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs in total (also when resuming).", rich_help_panel=OPTIMIZE)
+    ] = 25,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.", rich_help_panel=OPTIMIZE)] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel=OPTIMIZE)] = 0.01,
+    lr_schedule: Annotated[
+        Schedule,
+        typer.Option(
+            help="constant, or cosine: from --lr down to 0 over all steps of --epochs.",
+            rich_help_panel=OPTIMIZE,
+        ),
+    ] = Schedule.constant,
+    patience: Annotated[
+        int,
+        typer.Option(
+            help="Stop early after this many epochs without a lower validation loss (0: never).",
+            rich_help_panel=OPTIMIZE,
+        ),
+    ] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed for weights, shuffling and the default data.", rich_help_panel=OPTIMIZE),
+    ] = 0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the options from a run's config.json (repeats that run); "
+            "options given here override the file.",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: a new runs/train-N).", rich_help_panel=RUN)
+    ] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Write into an existing run folder.", rich_help_panel=RUN)
+    ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run saved in this checkpoint (its folder, its settings) up to --epochs."
+            help="Continue the run saved in this checkpoint (its folder, data and settings) up to --epochs.",
+            rich_help_panel=RUN,
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")] = False,
-    json_output: JsonOption = False,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            help="Also keep epoch-N.safetensors every this many epochs (0: only best and last).",
+            rich_help_panel=RUN,
+        ),
+    ] = 0,
+    plots: Annotated[
+        bool,
+        typer.Option(
+            help="Draw loss.png and accuracy.png into the run folder (needs spiralctl[plot]).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = True,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress: only errors and the result.", rich_help_panel=OUTPUT
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="More detail: settings, every step, every file saved.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the summary as one JSON object on stdout.", rich_help_panel=OUTPUT
+        ),
+    ] = False,
+    json_progress: Annotated[
+        bool,
+        typer.Option(
+            "--json-progress",
+            help="Also one JSON object per epoch on stdout, as it finishes (implies --json).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
 ) -> None:
-    """Train the LSTM classifier; writes best/last checkpoints and metrics.jsonl to a run folder.
+    """Train the LSTM classifier; writes checkpoints, metrics and plots to a run folder.
 
-    Example: spiralctl train --data data/ --epochs 25
+    A run folder (runs/train-1, runs/train-2, ...) holds config.json, best.safetensors,
+    last.safetensors, metrics.jsonl, metrics.csv, loss.png and accuracy.png. Ctrl-C saves
+    last.safetensors; --resume continues exactly where it stopped.
+
+    **Examples**
+
+    spiralctl train
+
+    spiralctl train --data data/ --epochs 40 --patience 5 --lr-schedule cosine
+
+    spiralctl train --config runs/train-3/config.json --seed 1
+
+    spiralctl train --resume runs/train-3/last.safetensors --epochs 50
     """
-    from spiralctl.train import TrainConfig, train_job
+    from spiralctl.train import RUN_OPTIONS, TrainConfig, load_run_options, train_job
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, hidden=hidden, lr=lr, seed=seed)
-    progress = ui.TrainProgress(ui.make_console(stderr=True), quiet=quiet)
+    options = {name: ctx.params[name] for name in RUN_OPTIONS}
+    options["lr_schedule"] = lr_schedule.value
+    if config is not None:
+        for name, value in load_run_options(config).items():
+            if ctx.get_parameter_source(name).name in ("DEFAULT", "DEFAULT_MAP"):
+                options[name] = Path(value) if name == "data" and value is not None else value
+    data, device = options.pop("data"), options.pop("device")
+    json_output = json_output or json_progress
+    console = _results()
+    progress = ui.TrainProgress(ui.make_console(stderr=True), quiet=quiet, verbose=verbose)
+
+    def on_progress(event: str, info: dict) -> None:
+        progress(event, info)
+        if json_progress and event == "epoch":
+            ui.print_json(console, {"event": "epoch", **info})
+
     try:
         result = train_job(
-            config,
+            TrainConfig(**options),
             data_dir=data,
             out=out,
             exist_ok=exist_ok,
             resume_path=resume,
             device=device,
-            on_progress=progress,
+            plots=plots,
+            on_progress=on_progress,
         )
     finally:
         progress.close()
-    console = ui.make_console()
     if json_output:
-        ui.print_json(console, result)
+        ui.print_json(console, {"event": "summary", **result})
     else:
         ui.train_summary(console, result)
+    if "plots_unavailable" in result and not quiet:
+        ui.note(f"no loss.png/accuracy.png: {result['plots_unavailable']}")
 
 
 @app.command("eval")
@@ -233,17 +378,15 @@ def evaluate(
 ) -> None:
     """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
 
-    Example: spiralctl eval runs/train-1/best.safetensors data/test.safetensors
+    **Example**
+
+    spiralctl eval runs/train-1/best.safetensors data/test.safetensors
     """
     from spiralctl.train import check_min_accuracy
     from spiralctl.train import evaluate as run_eval
 
     report = run_eval(checkpoint, data, device=device, batch_size=batch_size, threshold=threshold)
-    console = ui.make_console()
-    if json_output:
-        ui.print_json(console, report)
-    else:
-        ui.eval_report(console, report)
+    _show(report, json_output, ui.eval_report)
     if min_accuracy is not None:
         check_min_accuracy(report, min_accuracy)
 
@@ -273,7 +416,9 @@ def predict(
 ) -> None:
     """Classify sequences of any length as clockwise or anticlockwise.
 
-    Example: spiralctl predict runs/train-1/best.safetensors points.csv
+    **Example**
+
+    spiralctl predict runs/train-1/best.safetensors points.csv
     """
     from spiralctl.inference import predict as run_predict
     from spiralctl.inputs import write_predictions_csv
@@ -281,12 +426,73 @@ def predict(
     rows = run_predict(checkpoint, input, device=device, batch_size=batch_size, threshold=threshold)
     if output is not None:
         write_predictions_csv(output, rows)
-    console = ui.make_console()
+    console = _results()
     if json_output:
         for row in rows:
             ui.print_json(console, row)
     else:
         ui.predictions_table(console, rows)
+
+
+@app.command()
+def plot(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Sequences to draw: a dataset .safetensors, or anything predict reads (- for stdin)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--output", "-o", help="The PNG file to write.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Colour by this checkpoint's predictions and mark its mistakes."),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Draw the first this many sequences.")] = 36,
+    device: DeviceOption = "auto",
+    threshold: Annotated[
+        float, typer.Option(help="Probability above which a sequence is anticlockwise.")
+    ] = 0.5,
+    json_output: JsonOption = False,
+) -> None:
+    """Draw sequences, coloured by label, or by a model's prediction with mistakes marked.
+
+    One small panel per sequence: its path, a dot where it starts, an arrow where it ends.
+    Needs matplotlib: pip install "spiralctl[plot]".
+
+    **Examples**
+
+    spiralctl plot data/test.safetensors -o test.png
+
+    spiralctl plot data/test.safetensors --checkpoint runs/train-1/best.safetensors -o mistakes.png
+    """
+    from spiralctl.plots import plot_sequences
+
+    report = plot_sequences(data, out, checkpoint=checkpoint, device=device, threshold=threshold, limit=limit)
+    _show(report, json_output, ui.plot_report)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from train.")],
+    out: Annotated[Path, typer.Argument(help="The ONNX file to write (.onnx).")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Export a checkpoint to ONNX (the standard LSTM operator, opset 17).
+
+    The model takes one input, "sequences": float32 [batch, time, 2] (x, y points; any batch
+    size and length), and gives two outputs, each float32 [batch]: "probability"
+    (P(anticlockwise); above 0.5 means anticlockwise) and "logit". Needs the onnx package:
+    pip install "spiralctl[onnx]".
+
+    **Example**
+
+    spiralctl export runs/train-1/best.safetensors spiral.onnx
+    """
+    from spiralctl.export import export_onnx
+
+    report = export_onnx(checkpoint, out, force=force)
+    _show(report, json_output, ui.export_report)
 
 
 @app.command()
@@ -296,32 +502,27 @@ def info(
 ) -> None:
     """Show what a dataset or checkpoint holds: kind, format, tensors, configs, checksum.
 
-    Example: spiralctl info runs/train-1/best.safetensors
+    **Example**
+
+    spiralctl info runs/train-1/best.safetensors
     """
     from spiralctl.info import describe
 
     report = describe(file)
-    console = ui.make_console()
-    if json_output:
-        ui.print_json(console, report)
-    else:
-        ui.file_info(console, report)
+    _show(report, json_output, ui.file_info)
 
 
 @app.command()
 def devices(json_output: JsonOption = False) -> None:
     """Show which backends work here, the tinygrad devices behind them, and why not the others.
 
-    Example: spiralctl devices --json
+    **Example**
+
+    spiralctl devices --json
     """
     from spiralctl.devices import list_backends
 
-    rows = [asdict(row) for row in list_backends()]
-    console = ui.make_console()
-    if json_output:
-        ui.print_json(console, {"devices": rows})
-    else:
-        ui.devices_table(console, rows)
+    _show({"devices": [asdict(row) for row in list_backends()]}, json_output, ui.devices_table)
 
 
 def main() -> None:

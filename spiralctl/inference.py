@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
-from spiralctl.data import padded_batches
+from spiralctl.data import LABELS, padded_batches
 from spiralctl.model import SpiralClassifier
 from spiralctl.staging import download, staging_tensor, upload
 
@@ -78,7 +78,7 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: flo
     confusion = np.zeros((2, 2), dtype=np.int64)  # rows: true class, columns: predicted class
     np.add.at(confusion, (truth, predicted), 1)
     per_class = {}
-    for label, name in enumerate(("clockwise", "anticlockwise")):
+    for label, name in enumerate(LABELS):
         tp = int(confusion[label, label])
         predicted_n = int(confusion[:, label].sum())
         actual_n = int(confusion[label, :].sum())
@@ -114,13 +114,28 @@ def predict(
     threshold: float = 0.5,
 ) -> list[dict]:
     """Classify every sequence in `source` (see inputs.read_sequences); one dict per sequence."""
-    from spiralctl.checkpoint import load_checkpoint
-    from spiralctl.devices import resolve_device
     from spiralctl.inputs import read_sequences
 
     check_inference_options(batch_size, threshold)
-    checkpoint = load_checkpoint(checkpoint_path)
     names, sequences, labels = read_sequences(source)
+    return classify(checkpoint_path, names, sequences, labels, device, batch_size, threshold)
+
+
+def classify(
+    checkpoint_path,
+    names: list[str],
+    sequences: list[np.ndarray],
+    labels: np.ndarray | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    threshold: float = 0.5,
+) -> list[dict]:
+    """One dict per sequence: name, points, probability, label (and true_label when known)."""
+    from spiralctl.checkpoint import load_checkpoint
+    from spiralctl.devices import resolve_device
+
+    check_inference_options(batch_size, threshold)
+    checkpoint = load_checkpoint(checkpoint_path)
     model = SpiralClassifier(checkpoint.model, checkpoint.weights, resolve_device(device))
     probability = sigmoid(Predictor(model, batch_size).logits_ragged(sequences))
     rows = []
@@ -129,9 +144,9 @@ def predict(
             "sequence": name,
             "points": len(seq),
             "probability": float(p),
-            "label": "anticlockwise" if p > threshold else "clockwise",
+            "label": LABELS[int(p > threshold)],
         }
         if labels is not None:
-            row["true_label"] = ("clockwise", "anticlockwise")[int(labels[i])]
+            row["true_label"] = LABELS[int(labels[i])]
         rows.append(row)
     return rows

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,9 @@ class TrainConfig:
     hidden: int = 8
     lr: float = 0.01
     seed: int = 0
+    lr_schedule: str = "constant"  # or "cosine": from lr down to 0 over all steps of all epochs
+    patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
+    save_every: int = 0  # also keep epoch-N.safetensors every this many epochs (0: never)
 
     def check(self) -> None:
         for option, value in (
@@ -49,8 +52,24 @@ class TrainConfig:
         ):
             if value < 1:
                 raise SpiralError(f"{option} must be at least 1 (got {value})")
+        for option, value in (("--patience", self.patience), ("--save-every", self.save_every)):
+            if value < 0:
+                raise SpiralError(f"{option} must be 0 (off) or more (got {value})")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SpiralError(f"--lr must be a positive number (got {self.lr})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise SpiralError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})"
+            )
+
+    def learning_rate(self, step: int, total_steps: int) -> float:
+        """The rate of the `step`-th update (from 1) of `total_steps`: a function of the step alone."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(total_steps, 1)))
+        return self.lr
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 ProgressCallback = Callable[[str, dict], None]
@@ -94,51 +113,62 @@ class Trainer:
         self.impl = impl
         self.optimizer = FusedAdam([model.parameters[name] for name in PARAMETER_NAMES])
         self.step_count = 0
+        self.total_steps = 1  # for the learning-rate schedule; fit() sets it
         self._jits: dict[tuple, TinyJit] = {}
         self._inputs: dict[tuple, Tensor] = {}
 
     def _train_steps(self, packed: Tensor, batch: int, steps: int) -> Tensor:
-        """Run `packed.shape[0]` optimizer steps in one jitted call; returns each step's loss.
+        """Run `packed.shape[0]` optimizer steps in one jitted call.
+
+        Returns [steps, 2]: each step's mean loss and how many of its sequences were classified
+        right, both from the forward pass that the step's gradients come from.
 
         Each row of `packed` holds one batch: its sequences [B, T, D], labels [B], mask [B]
         (1 for real rows, 0 for padding) and Adam's three step numbers, flattened into one
         buffer so that one copy uploads it.
         """
-        losses = []
+        results = []
         size = packed.shape[1] - 2 * batch - 3
         for step in range(packed.shape[0]):
             row = packed[step]
             x = row[:size].reshape(batch, steps, -1)
             y, mask, scalars = row[size : size + batch], row[size + batch : size + 2 * batch], row[-3:]
             self.optimizer.zero_grad()
-            per_sequence = bce_with_logits(self.model(x, impl=self.impl), y)
-            loss = (per_sequence * mask).sum() / mask.sum()
+            logits = self.model(x, impl=self.impl)
+            loss = (bce_with_logits(logits, y) * mask).sum() / mask.sum()
+            correct = (((logits > 0).float() == y).float() * mask).sum()
             loss.backward()
             # the loss and the gradients in one schedule (the forward kernel then runs once),
             # before the update: the loss reported is this step's
-            Tensor.realize(loss, *(p.grad for p in self.optimizer.params))
-            losses.append(loss)
+            result = Tensor.stack(loss, correct)
+            Tensor.realize(result, *(p.grad for p in self.optimizer.params))
+            results.append(result)
             Tensor.realize(*self.optimizer.step(scalars.contiguous()))
-        return Tensor.stack(*losses).realize()
+        return Tensor.stack(*results).realize()
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the K losses once."""
+        """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the results once.
+
+        Returns float32[K, 2]: per step the mean loss and the count of right answers.
+        """
         count, batch, steps = x.shape[:3]
-        scalars = np.stack([adam_scalars(self.config.lr, self.step_count + k + 1) for k in range(count)])
+        scalars = np.stack(
+            [
+                adam_scalars(self.learning_rate(self.step_count + k + 1), self.step_count + k + 1)
+                for k in range(count)
+            ]
+        )
         packed = np.concatenate([x.reshape(count, -1), y.reshape(count, batch), mask, scalars], axis=1)
         key = x.shape
         if key not in self._jits:
             self._inputs[key] = staging_tensor(packed.shape, self.model.device)
             self._jits[key] = TinyJit(self._train_steps)
-        losses = self._jits[key](upload(self._inputs[key], packed), batch, steps)
+        results = self._jits[key](upload(self._inputs[key], packed), batch, steps)
         self.step_count += count
-        return download(losses)
+        return download(results)
 
-    def step(self, x: np.ndarray, y: np.ndarray, count: int) -> float:
-        """One step on one batch of which the first `count` rows are real."""
-        mask = np.zeros((1, len(y)), dtype=np.float32)
-        mask[0, :count] = 1.0
-        return float(self.steps(x[None], y[None], mask)[0])
+    def learning_rate(self, step: int) -> float:
+        return self.config.learning_rate(step, self.total_steps)
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         b1, b2 = BETAS
@@ -177,6 +207,7 @@ class FitResult:
     history: list[dict]
     best: dict
     last: dict
+    stopped_early: bool = False
 
 
 class _StopOnSignal:
@@ -226,6 +257,7 @@ def fit(
 ) -> FitResult:
     """Train for `config.epochs` epochs in total, validating and checkpointing after each one.
 
+    Stops early when `config.patience` epochs in a row bring no better validation loss.
     Ctrl-C or SIGTERM finishes the current step, saves last.safetensors (with the position
     inside the epoch, so --resume continues exactly there) and raises SpiralError (exit 130).
     """
@@ -235,26 +267,34 @@ def fit(
     weights = resume.weights if resume else init_parameters(model_config, config.seed)
     model = SpiralClassifier(model_config, weights, device)
     trainer = Trainer(model, config, impl=impl)
-    start_epoch, skip_steps, partial_loss = 0, 0, 0.0
-    best_val_loss = math.inf
+    n, batch = len(train), config.batch_size
+    batches = math.ceil(n / batch)
+    trainer.total_steps = config.epochs * batches
+    start_epoch, skip_steps, partial = 0, 0, np.zeros(2)
+    best_val_loss, best_epoch = math.inf, 0
     last_metrics: dict = {}
     if resume is not None:
         trainer.load_optimizer_state(resume.optimizer, run_dir / "last.safetensors")
         start_epoch = resume.epoch
-        best_val_loss = float(resume.metrics.get("best_val_loss", math.inf))
-        skip_steps = int(resume.metrics.get("partial_steps", 0))
-        partial_loss = float(resume.metrics.get("partial_loss_sum", 0.0))
-        last_metrics = {k: v for k, v in resume.metrics.items() if not k.startswith("partial_")}
+        saved = resume.metrics
+        best_val_loss = float(saved.get("best_val_loss", math.inf))
+        best_epoch = int(saved.get("best_epoch", start_epoch))
+        skip_steps = int(saved.get("partial_steps", 0))
+        partial = np.array([saved.get("partial_loss_sum", 0.0), saved.get("partial_correct", 0.0)])
+        last_metrics = {k: v for k, v in saved.items() if not k.startswith("partial_")}
     if start_epoch >= config.epochs:
         raise SpiralError(
             f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs; "
             f"ask for more than {start_epoch}"
         )
+    if config.patience and skip_steps == 0 and start_epoch - best_epoch >= config.patience:
+        raise SpiralError(
+            f"--patience {config.patience}: this run stopped early at epoch {start_epoch} "
+            f"(best epoch {best_epoch}); pass a larger --patience, or --patience 0, to go on"
+        )
     predictor = Predictor(model, config.batch_size)
     fingerprint = train.fingerprint()
     train_record = {**asdict(config), "device": device, "data": data_source, "impl": impl}
-    n, batch = len(train), config.batch_size
-    batches = math.ceil(n / batch)
     chunk = min(batches, STEPS_PER_CALL)
 
     def checkpoint(epoch: int, metrics: dict) -> Checkpoint:
@@ -263,10 +303,14 @@ def fit(
             weights=model.state_dict(),
             epoch=epoch,
             train_config=train_record,
-            metrics={**metrics, "best_val_loss": best_val_loss},
+            metrics={**metrics, "best_val_loss": best_val_loss, "best_epoch": best_epoch},
             data_fingerprint=fingerprint,
             optimizer=trainer.optimizer_state(),
         )
+
+    def save(name: str, saved: Checkpoint) -> None:
+        save_checkpoint(run_dir / name, saved)
+        on_progress("checkpoint", {"path": str(run_dir / name), "epoch": saved.epoch})
 
     on_progress(
         "start",
@@ -278,13 +322,16 @@ def fit(
             "val": len(val),
             "device": device,
             "run_dir": str(run_dir),
+            "config": asdict(config),
+            "data": data_source,
+            "parameters": int(sum(w.size for w in weights.values())),
         },
     )
     history: list[dict] = []
     best: dict = {}
-    if resume is None:  # a fresh run starts its own metrics; a resumed one appends
-        with atomic_output(run_dir / "metrics.jsonl") as handle:
-            handle.write(b"")
+    stopped_early = False
+    if resume is None:  # a fresh run starts its own metrics files; a resumed one appends
+        start_metrics(run_dir)
     with _StopOnSignal() as stop:
         for epoch in range(start_epoch + 1, config.epochs + 1):
             order = epoch_order(config.seed, epoch, n)
@@ -292,11 +339,12 @@ def fit(
             index = np.stack([i for i, _ in padded_batches(n, batch, order)])
             mask = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
             xs, ys = train.x[index], train.y[index]
-            loss_sum, first_step = partial_loss, skip_steps
-            partial_loss, skip_steps = 0.0, 0
+            sums, first_step = partial.copy(), skip_steps  # [loss sum, right answers]
+            partial, skip_steps = np.zeros(2), 0
             for first in range(first_step, batches, chunk):
                 done = min(first + chunk, batches)
-                losses = trainer.steps(xs[first:done], ys[first:done], mask[first:done])
+                results = trainer.steps(xs[first:done], ys[first:done], mask[first:done])
+                losses = results[:, 0]
                 if not np.isfinite(losses).all():
                     kept = (
                         f"the last good checkpoint is {run_dir / 'last.safetensors'} (epoch {epoch - 1})"
@@ -308,7 +356,7 @@ def fit(
                         f"{kept}; try a smaller --lr (now {config.lr})",
                         exit_code=EXIT_FAILURE,
                     )
-                loss_sum += float((losses * mask[first:done].sum(1)).sum())
+                sums += [float((losses * mask[first:done].sum(1)).sum()), float(results[:, 1].sum())]
                 elapsed = time.perf_counter() - started
                 on_progress(
                     "batch",
@@ -321,10 +369,12 @@ def fit(
                     },
                 )
                 if stop.received is not None and done < batches:
-                    position = {"partial_steps": done, "partial_loss_sum": loss_sum}
-                    save_checkpoint(
-                        run_dir / "last.safetensors", checkpoint(epoch - 1, {**last_metrics, **position})
-                    )
+                    position = {
+                        "partial_steps": done,
+                        "partial_loss_sum": float(sums[0]),
+                        "partial_correct": float(sums[1]),
+                    }
+                    save("last.safetensors", checkpoint(epoch - 1, {**last_metrics, **position}))
                     raise stop.error(
                         f"in epoch {epoch} after step {done} of {batches}", run_dir, config.epochs
                     )
@@ -332,27 +382,45 @@ def fit(
             report = classification_report(predictor.logits(val.x), val.y)
             metrics = {
                 "epoch": epoch,
-                "train_loss": loss_sum / n,
+                "train_loss": float(sums[0]) / n,
+                "train_accuracy": float(sums[1]) / n,
                 "val_loss": report["loss"],
                 "val_accuracy": report["accuracy"],
+                "lr": trainer.learning_rate(trainer.step_count),
                 "train_seconds": train_seconds,
                 "sequences_per_second": float(mask[first_step:].sum()) / train_seconds,
                 "seconds": time.perf_counter() - started,
             }
             improved = metrics["val_loss"] < best_val_loss
-            best_val_loss = min(best_val_loss, metrics["val_loss"])
-            saved = checkpoint(epoch, metrics)
-            save_checkpoint(run_dir / "last.safetensors", saved)
             if improved:
-                save_checkpoint(run_dir / "best.safetensors", saved)
+                best_val_loss, best_epoch = metrics["val_loss"], epoch
+            saved = checkpoint(epoch, metrics)
+            save("last.safetensors", saved)
+            if improved:
+                save("best.safetensors", saved)
                 best = metrics
-            append_metrics(run_dir / "metrics.jsonl", metrics)
+            if config.save_every and epoch % config.save_every == 0:
+                save(f"epoch-{epoch}.safetensors", saved)
+            append_metrics(run_dir, metrics)
             history.append(metrics)
             last_metrics = metrics
             on_progress("epoch", {**metrics, "epochs": config.epochs, "best": improved})
+            if config.patience and epoch - best_epoch >= config.patience and epoch < config.epochs:
+                stopped_early = True
+                on_progress(
+                    "early_stop", {"epoch": epoch, "best_epoch": best_epoch, "patience": config.patience}
+                )
+                break
             if stop.received is not None and epoch < config.epochs:
                 raise stop.error(f"after epoch {epoch}", run_dir, config.epochs)
-    return FitResult(run_dir=run_dir, epochs_run=len(history), history=history, best=best, last=history[-1])
+    return FitResult(
+        run_dir=run_dir,
+        epochs_run=len(history),
+        history=history,
+        best=best,
+        last=history[-1],
+        stopped_early=stopped_early,
+    )
 
 
 @contextmanager
@@ -370,11 +438,57 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def append_metrics(path: Path, metrics: dict) -> None:
-    """Add one line to metrics.jsonl; earlier lines are kept (the file is replaced atomically)."""
-    old = path.read_bytes() if path.exists() else b""
-    with atomic_output(path) as handle:
-        handle.write(old + (json.dumps(metrics) + "\n").encode())
+# metrics.csv's columns: every number fit() records per epoch, in this order
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "train_seconds",
+    "sequences_per_second",
+    "seconds",
+)
+
+
+CSV_HEADER = (",".join(METRIC_COLUMNS) + "\n").encode()
+
+
+def start_metrics(run_dir: Path) -> None:
+    """Empty metrics.jsonl and metrics.csv (with its header) for a fresh run."""
+    for name, content in (("metrics.jsonl", b""), ("metrics.csv", CSV_HEADER)):
+        with atomic_output(run_dir / name) as handle:
+            handle.write(content)
+
+
+def append_metrics(run_dir: Path, metrics: dict) -> None:
+    """Add one epoch to metrics.jsonl and metrics.csv. Earlier lines are kept byte for byte: each
+    file is copied with the new line into a temporary file that then replaces it, so a crash
+    never leaves half a line."""
+    row = ",".join(
+        repr(metrics[c]) if isinstance(metrics[c], float) else str(metrics[c]) for c in METRIC_COLUMNS
+    )
+    for name, line in (("metrics.jsonl", json.dumps(metrics)), ("metrics.csv", row)):
+        path = run_dir / name
+        old = path.read_bytes() if path.exists() else b""
+        if name == "metrics.csv" and not old:  # a run folder from before metrics.csv existed
+            old = CSV_HEADER
+        with atomic_output(path) as handle:
+            handle.write(old + (line + "\n").encode())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every epoch in a run folder's metrics.jsonl (all runs of it, resumes included)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except ValueError:
+        raise SpiralError(f"{path} is not JSON lines; it is damaged") from None
 
 
 def train_job(
@@ -386,9 +500,11 @@ def train_job(
     resume_path: Path | None = None,
     device: str = "auto",
     impl: str = "fused",
+    plots: bool = True,
     on_progress: ProgressCallback = _no_progress,
 ) -> dict:
-    """What `spiralctl train` does: load or generate data, set up the run folder, fit, summarise."""
+    """What `spiralctl train` does: load or generate data, set up the run folder, write its
+    config.json, fit, draw loss.png and accuracy.png (when matplotlib is there), summarise."""
     from spiralctl.checkpoint import load_checkpoint
     from spiralctl.data import DataConfig, generate, load_split
     from spiralctl.devices import resolve_device
@@ -399,12 +515,16 @@ def train_job(
         resume = load_checkpoint(resume_path)
         saved = resume.train_config
         try:
+            # what defines the run comes from the checkpoint; how long and how to stop, from the caller
             config = TrainConfig(
                 epochs=config.epochs,
                 batch_size=int(saved["batch_size"]),
                 hidden=resume.model.hidden,
                 lr=float(saved["lr"]),
                 seed=int(saved["seed"]),
+                lr_schedule=str(saved.get("lr_schedule", "constant")),
+                patience=config.patience,
+                save_every=config.save_every,
             )
         except (KeyError, TypeError, ValueError):
             raise SpiralError(
@@ -412,6 +532,8 @@ def train_job(
             ) from None
         out = Path(resume_path).parent
         exist_ok = True
+        if data_dir is None:  # the data the run was trained on, as the checkpoint records it
+            data_dir = resume_data_dir(resume)
     config.check()
     tinygrad_device = resolve_device(device)
     if data_dir is not None:
@@ -430,6 +552,9 @@ def train_job(
         )
     run_dir = prepare_run_dir(out if out is not None else next_run_dir(), exist_ok)
     with run_lock(run_dir):
+        with atomic_output(run_dir / "config.json") as handle:
+            options = run_options(config, data_dir, device)
+            handle.write((json.dumps(options, indent=2) + "\n").encode())
         result = fit(
             train,
             val,
@@ -443,16 +568,71 @@ def train_job(
         )
     if not result.best and resume is not None:
         result.best = {k: v for k, v in resume.metrics.items() if k == "epoch" or k in result.last}
-    return {
+    summary = {
         "run_dir": str(result.run_dir),
         "device": tinygrad_device,
         "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
         "best": result.best,
         "last": result.last,
         "best_checkpoint": str(result.run_dir / "best.safetensors"),
         "last_checkpoint": str(result.run_dir / "last.safetensors"),
-        "seconds": time.perf_counter() - started,
+        "config": str(result.run_dir / "config.json"),
+        "metrics": str(result.run_dir / "metrics.csv"),
+        "history": read_metrics(result.run_dir),
+        "plots": [],
     }
+    if plots:
+        from spiralctl.plots import PlotsUnavailable, training_plots
+
+        try:
+            summary["plots"] = [str(path) for path in training_plots(summary["history"], result.run_dir)]
+        except PlotsUnavailable as exc:
+            summary["plots_unavailable"] = str(exc)
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+# Options that define a run, as config.json stores them (the names of train's options).
+RUN_OPTIONS = ("data", "device", *(f.name for f in fields(TrainConfig)))
+
+
+def run_options(config: TrainConfig, data_dir: Path | str | None, device: str) -> dict:
+    """config.json's content: every option of the run, so that `train --config` repeats it."""
+    return {"data": None if data_dir is None else str(data_dir), "device": device, **asdict(config)}
+
+
+def resume_data_dir(resume: Checkpoint) -> Path | None:
+    """The --data a checkpoint was trained on (None: the generated default)."""
+    source = resume.train_config.get("data", "")
+    return None if not source or source.startswith("generated:") else Path(source)
+
+
+def load_run_options(path: Path) -> dict:
+    """Read a config.json for `train --config`: a JSON object with some of RUN_OPTIONS."""
+    path = Path(path)
+    try:
+        options = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpiralError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise SpiralError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise SpiralError(f"--config {path}: must hold a JSON object of train options")
+    unknown = sorted(set(options) - set(RUN_OPTIONS))
+    if unknown:
+        raise SpiralError(f"--config {path}: unknown option {unknown[0]!r}; known: {', '.join(RUN_OPTIONS)}")
+    defaults = {"data": None, "device": "auto", **asdict(TrainConfig())}
+    for key, value in options.items():
+        expected = type(defaults[key]) if defaults[key] is not None else str
+        ok = (
+            (value is None and key == "data")
+            or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (type(value) is expected)
+        )
+        if not ok:
+            raise SpiralError(f"--config {path}: {key!r} must be a {expected.__name__} (got {value!r})")
+    return {k: float(v) if k == "lr" else v for k, v in options.items()}
 
 
 def evaluate(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 from typing import IO
 
 from rich.console import Console
@@ -36,12 +38,13 @@ class TrainProgress:
 
     In a terminal: a live bar over all batches with loss, validation accuracy, speed and time
     left, and one line that stays after each epoch. Elsewhere (a log file, CI): one plain line
-    per epoch. Quiet: nothing.
+    per epoch. Quiet: nothing. Verbose: also the settings, every step and every file saved.
     """
 
-    def __init__(self, console: Console, quiet: bool = False) -> None:
+    def __init__(self, console: Console, quiet: bool = False, verbose: bool = False) -> None:
         self.console = console
         self.quiet = quiet
+        self.verbose = verbose and not quiet
         self.live = console.is_terminal and not quiet
         self.progress: Progress | None = None
         self.task = None
@@ -52,6 +55,19 @@ class TrainProgress:
             return
         if event == "start":
             self._start(info)
+        elif event == "batch" and self.verbose and self.progress is None:
+            self.console.print(
+                f"  epoch {info['epoch']} step {info['batch']}/{info['batches']}  loss {info['loss']:.4f}  "
+                f"{info['sequences_per_second']:.0f} seq/s",
+                markup=False,
+            )
+        elif event == "checkpoint" and self.verbose:
+            self._line(f"  saved {info['path']} (epoch {info['epoch']})")
+        elif event == "early_stop":
+            self._line(
+                f"stopping early: no lower validation loss for {info['patience']} epochs "
+                f"(best epoch {info['best_epoch']})"
+            )
         elif event == "batch" and self.progress is not None:
             self.progress.update(
                 self.task,
@@ -68,6 +84,9 @@ class TrainProgress:
             else:
                 self.console.print(epoch_line(info), markup=False)
 
+    def _line(self, text: str) -> None:
+        (self.progress.console if self.progress is not None else self.console).print(text, markup=False)
+
     def _start(self, info: dict) -> None:
         remaining = info["epochs"] - info["start_epoch"]
         self.first_epoch = info["start_epoch"] + 1
@@ -76,6 +95,15 @@ class TrainProgress:
             f"epochs {info['start_epoch'] + 1}-{info['epochs']} -> {info['run_dir']}",
             markup=False,
         )
+        if self.verbose:
+            settings = "  ".join(f"{k} {v}" for k, v in info["config"].items())
+            self.console.print(f"  settings: {settings}", markup=False)
+            self.console.print(f"  data: {info['data']}", markup=False)
+            self.console.print(
+                f"  model: LSTM(2, {info['config']['hidden']}) + Linear, {info['parameters']} parameters; "
+                f"{info['batches']} steps per epoch",
+                markup=False,
+            )
         if not self.live:
             return
         self.progress = Progress(
@@ -104,13 +132,34 @@ class TrainProgress:
             self.progress = None
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], log: bool = False) -> str:
+    """One character per value, from ▁ (lowest) to █ (highest); log scale for losses."""
+    if not values:
+        return ""
+    points = [math.log10(max(v, 1e-12)) if log else v for v in values]
+    low, high = min(points), max(points)
+    span = (high - low) or 1.0
+    return "".join(SPARK[round((v - low) / span * (len(SPARK) - 1))] for v in points)
+
+
+def _curve(values: list[float], log: bool, digits: int = 4) -> str:
+    if len(values) > 60:  # keep it one line: every k-th epoch, and the last
+        step = math.ceil(len(values) / 60)
+        values = values[::step] + ([values[-1]] if (len(values) - 1) % step else [])
+    return f"{sparkline(values, log)}  {values[0]:.{digits}f} -> {values[-1]:.{digits}f}"
+
+
 def train_summary(console: Console, result: dict) -> None:
     table = Table(title="training finished", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
     best, last = result["best"], result["last"]
     table.add_row("run folder", result["run_dir"])
-    table.add_row("epochs", f"{last['epoch']}")
+    stopped = " (stopped early: --patience)" if result.get("stopped_early") else ""
+    table.add_row("epochs", f"{last['epoch']}{stopped}")
     if best:
         table.add_row(
             "best",
@@ -120,11 +169,44 @@ def train_summary(console: Console, result: dict) -> None:
         "last",
         f"epoch {last['epoch']}: val loss {last['val_loss']:.4f}, val acc {last['val_accuracy']:.4f}",
     )
+    history = result.get("history", [])
+    if len(history) > 1:
+        for key, label, log in (
+            ("train_loss", "train loss", True),
+            ("val_loss", "val loss", True),
+            ("val_accuracy", "val acc", False),
+        ):
+            table.add_row(label, _curve([m[key] for m in history if key in m], log))
     table.add_row(
         "checkpoints", f"{result['run_dir']}/best.safetensors, {result['run_dir']}/last.safetensors"
     )
+    files = ["config.json", "metrics.csv", *(Path(p).name for p in result.get("plots", []))]
+    table.add_row("files", ", ".join(files))
     table.add_row("time", f"{result['seconds']:.1f}s on {result['device']}")
     console.print(table)
+
+
+def note(message: str) -> None:
+    """A remark on stderr that is not an error."""
+    sys.stderr.write(f"note: {message}\n")
+    sys.stderr.flush()
+
+
+def plot_report(console: Console, report: dict) -> None:
+    what = f"{report['sequences']} of {report['total']} sequences, coloured by {report['coloured_by']}"
+    if report["mistakes"] is not None:
+        what += f", {report['mistakes']} wrong"
+    console.print(f"wrote {report['file']}: {what}", markup=False)
+
+
+def export_report(console: Console, report: dict) -> None:
+    inputs = ", ".join(f"{k} {v}" for k, v in report["inputs"].items())
+    outputs = ", ".join(f"{k} {v}" for k, v in report["outputs"].items())
+    console.print(
+        f"wrote {report['file']} ({report['bytes']} bytes, ONNX opset {report['opset']}, LSTM hidden "
+        f"{report['hidden']}); input {inputs}; outputs {outputs}",
+        markup=False,
+    )
 
 
 def eval_report(console: Console, report: dict) -> None:
@@ -182,7 +264,8 @@ def predictions_table(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
-def datasets_table(console: Console, rows: list[dict]) -> None:
+def datasets_table(console: Console, summary: dict) -> None:
+    rows = summary["splits"]
     table = Table(title_justify="left")
     for column in ("split", "sequences", "clockwise", "anticlockwise", "length", "file"):
         table.add_column(column, justify="left" if column in ("split", "file") else "right", overflow="fold")
@@ -225,7 +308,8 @@ def file_info(console: Console, report: dict) -> None:
     console.print(tensors)
 
 
-def devices_table(console: Console, rows: list[dict]) -> None:
+def devices_table(console: Console, report: dict) -> None:
+    rows = report["devices"]
     table = Table(title_justify="left")
     for column in ("backend", "tinygrad device", "works", "why not"):
         table.add_column(column)

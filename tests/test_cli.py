@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -42,8 +43,45 @@ def test_help_lists_commands_in_journey_order(run):
     result = run("--help")
     assert result.exit_code == 0
     commands = result.output[result.output.index("Commands") :]
-    positions = [commands.index(f" {name} ") for name in ("gen-data", "train", "eval", "predict", "devices")]
+    journey = ("gen-data", "train", "eval", "predict", "plot", "export", "info", "devices")
+    positions = [commands.index(f" {name} ") for name in journey]
     assert positions == sorted(positions)
+
+
+@pytest.mark.parametrize(
+    "command", ["gen-data", "train", "eval", "predict", "plot", "export", "info", "devices"]
+)
+def test_every_command_help_has_a_summary_and_an_example(run, command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"spiralctl {command}" in result.output
+
+
+def test_train_help_groups_its_options(run):
+    output = run("train", "--help").output
+    for panel in ("Data", "Model", "Optimization", "Run folder", "Output"):
+        assert f"─ {panel} ─" in output
+
+
+def test_no_color_is_respected(run, small_data, trained_run, monkeypatch):
+    args = ("eval", trained_run / "best.safetensors", small_data / "test.safetensors")
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as if in a terminal
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    coloured = run(*args).output
+    colour_code = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|9[0-7])[;m]")
+    assert colour_code.search(coloured)
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = run(*args).output
+    assert not colour_code.search(plain) and "accuracy" in plain
+
+
+def test_verbose_and_quiet_training(run, small_data):
+    args = ("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32, "--no-plots")
+    verbose = run(*args, "-v").output
+    assert "settings: epochs 2" in verbose and "parameters" in verbose
+    assert "epoch 2 step 2/2" in verbose and "saved runs/train-1/best.safetensors" in verbose
+    quiet = run(*args, "-q").output
+    assert "epoch 1/2" not in quiet and "training finished" in quiet
 
 
 def test_gen_data_json_and_files(run):

@@ -48,3 +48,38 @@ def test_installed_command_end_to_end(small_data):
 def test_python_dash_m(small_data):
     result = subprocess.run([sys.executable, "-m", "spiralctl", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("spiralctl ")
+
+
+@pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")
+def test_shell_completion_completes_commands_and_choices():
+    for words, cword, expected in (
+        ("spiralctl tr", 1, "train"),
+        ("spiralctl train --lr-s", 2, "--lr-schedule"),
+        ("spiralctl train --lr-schedule ", 3, "cosine"),
+    ):
+        env = {
+            **os.environ,
+            "_SPIRALCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(cword),
+        }
+        result = _run(env=env)
+        assert result.returncode == 0 and expected in result.stdout.split(), (words, result)
+    shown = _run("--show-completion", env={**os.environ, "SHELL": "/bin/bash"}).stdout
+    assert "_spiralctl_completion" in shown
+
+
+@pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")
+def test_debug_keeps_stdout_for_results(tmp_path):
+    np = pytest.importorskip("numpy")
+    from spiralctl.checkpoint import Checkpoint, save_checkpoint
+    from spiralctl.model import ModelConfig, init_parameters
+
+    config = ModelConfig(hidden=3)
+    save_checkpoint(tmp_path / "m.safetensors", Checkpoint(model=config, weights=init_parameters(config, 0)))
+    points = "[[0, 1], [1, 0], [0, -1]]"
+    result = _run("--debug", "predict", tmp_path / "m.safetensors", "-", "--json", input=points)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["points"] == 3  # stdout holds the result and nothing else
+    assert "*** CPU" in result.stderr  # tinygrad's kernel lines went to stderr
+    assert np.isfinite(json.loads(result.stdout)["probability"])

@@ -9,7 +9,7 @@ import pytest
 from tinygrad import Tensor
 
 from spiralctl.checkpoint import load_checkpoint
-from spiralctl.data import DataConfig, generate, padded_batches
+from spiralctl.data import DataConfig, generate, padded_batches, save_datasets
 from spiralctl.errors import SpiralError
 from spiralctl.inference import bce_numpy
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
@@ -26,7 +26,8 @@ def test_padded_batches_use_every_sequence_once():
 
 
 def test_first_step_reports_the_loss_of_its_own_forward_pass():
-    """The jitted step must return the loss before the update (a tinygrad pitfall)."""
+    """The jitted step must return the loss before the update (a tinygrad pitfall), and how many of
+    the real (unpadded) sequences that same forward pass classified right."""
     data = generate(DataConfig(sequences=40, length=8, seed=1))["train"]
     config = ModelConfig(hidden=5)
     weights = init_parameters(config, seed=4)
@@ -36,8 +37,12 @@ def test_first_step_reports_the_loss_of_its_own_forward_pass():
         model = SpiralClassifier(config, weights, "CPU")
         logits = model(Tensor(x)).numpy()
         expected.append(bce_numpy(logits[:count], y[:count]).mean())
+        right = int(((logits[:count] > 0) == (y[:count] == 1)).sum())
         trainer = Trainer(model, TrainConfig(hidden=5, batch_size=16))
-        assert trainer.step(x, y, count) == pytest.approx(expected[-1], abs=1e-5)
+        mask = (np.arange(16) < count).astype(np.float32)[None]
+        loss, correct = trainer.steps(x[None], y[None], mask)[0]
+        assert loss == pytest.approx(expected[-1], abs=1e-5)
+        assert correct == right
 
 
 def test_run_folder_holds_checkpoints_and_metrics(trained_run):
@@ -91,8 +96,12 @@ def test_resume_refuses_other_data_and_finished_runs(tmp_path, small_data, train
             resume_path=trained_run / "last.safetensors",
             device="cpu",
         )
+    other = tmp_path / "other"
+    save_datasets(other, generate(DataConfig(sequences=120, length=12, seed=9)))
     with pytest.raises(SpiralError, match="differs"):
-        train_job(TrainConfig(epochs=5), resume_path=trained_run / "last.safetensors", device="cpu")
+        train_job(
+            TrainConfig(epochs=5), data_dir=other, resume_path=trained_run / "last.safetensors", device="cpu"
+        )
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():

@@ -1,0 +1,183 @@
+"""Pictures: training curves (loss.png, accuracy.png) and sequences coloured by label or prediction.
+
+matplotlib is an optional extra (`pip install "spiralctl[plot]"`). It is used through its
+object-oriented API (a Figure with the Agg canvas), so no window opens and no global pyplot
+state is touched. Files are written atomically, like every other file spiralctl writes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from spiralctl.data import LABELS
+from spiralctl.errors import SpiralError
+from spiralctl.files import atomic_output
+
+INSTALL = 'pip install "spiralctl[plot]"'
+# the colours the terminal tables use for the two classes, and one for mistakes
+COLOURS = {"clockwise": "#1f9bb4", "anticlockwise": "#c2399b", "mistake": "#d62728"}
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+class PlotsUnavailable(SpiralError):
+    """matplotlib is not installed."""
+
+
+def _figure_class():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise PlotsUnavailable(f"plots need matplotlib; install it with: {INSTALL}") from None
+    return Figure
+
+
+def _figure(width: float, height: float):
+    return _figure_class()(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    with atomic_output(path) as handle:
+        handle.write(buffer.getvalue())
+    return path
+
+
+def _curves(history: list[dict], path: Path, key: str, title: str, best_epoch: int | None) -> Path:
+    figure = _figure(6.4, 4.0)
+    axes = figure.add_subplot()
+    epochs = [m["epoch"] for m in history]
+    for split, colour in (("train", TRAIN_COLOUR), ("val", VAL_COLOUR)):
+        points = [(e, m[f"{split}_{key}"]) for e, m in zip(epochs, history) if f"{split}_{key}" in m]
+        if points:
+            xs, ys = zip(*points)
+            name = "train (mean over the epoch)" if split == "train" else "validation (after the epoch)"
+            axes.plot(xs, ys, marker="o", markersize=3, color=colour, label=name)
+    if best_epoch is not None:
+        axes.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(key)
+    axes.set_title(title)
+    if key == "loss" and all(m.get("train_loss", 1) > 0 and m.get("val_loss", 1) > 0 for m in history):
+        axes.set_yscale("log")
+    if key == "accuracy":
+        axes.set_ylim(min(0.4, *(m.get("val_accuracy", 1) for m in history)) - 0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def training_plots(history: list[dict], run_dir: Path) -> list[Path]:
+    """loss.png and accuracy.png in `run_dir`: train and validation per epoch."""
+    if not history:
+        return []
+    run_dir = Path(run_dir)
+    best = min(history, key=lambda m: m["val_loss"])["epoch"]
+    name = run_dir.name
+    return [
+        _curves(history, run_dir / "loss.png", "loss", f"{name}: binary cross-entropy", best),
+        _curves(history, run_dir / "accuracy.png", "accuracy", f"{name}: accuracy", best),
+    ]
+
+
+def sequence_plot(
+    sequences: list[np.ndarray],
+    names: list[str],
+    out: Path,
+    labels: np.ndarray | None = None,
+    predictions: list[dict] | None = None,
+    title: str = "",
+) -> dict:
+    """A grid of small panels, one per sequence: the path, a dot where it starts and an arrow where
+    it ends. Coloured by the true label, or by the predicted one when `predictions` is given; a
+    wrong prediction gets a red frame and a cross. Returns what was drawn."""
+    count = len(sequences)
+    columns = max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / columns)
+    figure = _figure(max(1.7 * columns + 0.4, 5.2), 1.8 * rows + 0.9)
+    mistakes = 0
+    for i, (seq, name) in enumerate(zip(sequences, names)):
+        axes = figure.add_subplot(rows, columns, i + 1)
+        truth = LABELS[int(labels[i])] if labels is not None else None
+        if predictions is not None:
+            label = predictions[i]["label"]
+            wrong = truth is not None and label != truth
+            caption = f"{name}: p={predictions[i]['probability']:.2f}"
+        else:
+            label, wrong, caption = truth, False, str(name)
+        colour = COLOURS[label] if label else "black"
+        axes.plot(seq[:, 0], seq[:, 1], color=colour, linewidth=1.2)
+        axes.plot(seq[0, 0], seq[0, 1], "o", color=colour, markersize=3)
+        if len(seq) >= 2:
+            axes.annotate(
+                "",
+                xy=seq[-1],
+                xytext=seq[-2],
+                arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.2},
+            )
+        if wrong:
+            mistakes += 1
+            caption += " ✗"
+            for spine in axes.spines.values():
+                spine.set_edgecolor(COLOURS["mistake"])
+                spine.set_linewidth(2.5)
+        axes.set_title(caption, fontsize=8, color=COLOURS["mistake"] if wrong else "black")
+        axes.set_aspect("equal", adjustable="datalim")
+        axes.set_xticks([])
+        axes.set_yticks([])
+    what = "predicted label" if predictions is not None else "label"
+    heading = f"{title}: coloured by {what}\nclockwise teal, anticlockwise magenta; dot = start, arrow = end"
+    if predictions is not None:
+        heading += "\np = P(anticlockwise)"
+        if labels is not None:
+            heading += f"; {mistakes} of {count} wrong (red frame, ✗)"
+    figure.suptitle(heading, fontsize=9)
+    _save(figure, Path(out))
+    checked = predictions is not None and labels is not None
+    return {
+        "file": str(out),
+        "sequences": count,
+        "coloured_by": what,
+        "mistakes": mistakes if checked else None,
+    }
+
+
+def plot_sequences(
+    source: str,
+    out: Path,
+    checkpoint: Path | None = None,
+    device: str = "auto",
+    threshold: float = 0.5,
+    limit: int = 36,
+) -> dict:
+    """What `spiralctl plot` does: the first `limit` sequences of `source` (anything predict
+    reads), coloured by label, or by a checkpoint's predictions with the mistakes marked."""
+    from spiralctl.inference import check_inference_options, classify
+    from spiralctl.inputs import read_sequences
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise SpiralError(f"-o {out}: plots are PNG files; give a name ending in .png")
+    if limit < 1:
+        raise SpiralError(f"--limit must be at least 1 (got {limit})")
+    check_inference_options(1, threshold)
+    _figure_class()  # say that matplotlib is missing before reading anything
+    names, sequences, labels = read_sequences(source)
+    total = len(sequences)
+    names, sequences = names[:limit], sequences[:limit]
+    labels = labels[:limit] if labels is not None else None
+    predictions = None
+    if checkpoint is not None:
+        predictions = classify(checkpoint, names, sequences, labels, device, 128, threshold)
+    title = Path(source).name if source != "-" else "stdin"
+    drawn = sequence_plot(sequences, names, out, labels, predictions, title=title)
+    return {
+        **drawn,
+        "source": source,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "total": total,
+    }

@@ -1,0 +1,89 @@
+"""Taking a model elsewhere: PyTorch's load_state_dict and ONNX (onnxruntime) give the same
+probabilities as `spiralctl predict`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from spiralctl.cli import app
+from spiralctl.data import load_dataset
+from spiralctl.files import read_safetensors
+
+
+def _predict(checkpoint, data) -> np.ndarray:
+    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    return np.array([json.loads(line)["probability"] for line in result.output.splitlines()])
+
+
+def test_checkpoint_loads_into_torch_lstm(trained_run, small_data):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'spiralctl[torch]')")
+
+    class Classifier(torch.nn.Module):
+        def __init__(self, hidden: int) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(2, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, 1)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm(x)
+            return torch.sigmoid(self.head(h[-1])).reshape(-1)
+
+    tensors, _ = read_safetensors(trained_run / "best.safetensors")
+    weights = {k: torch.from_numpy(v.copy()) for k, v in tensors.items() if not k.startswith("optimizer.")}
+    model = Classifier(hidden=weights["lstm.weight_hh_l0"].shape[1])
+    model.load_state_dict(weights, strict=True)
+    data = small_data / "test.safetensors"
+    with torch.no_grad():
+        expected = model(torch.from_numpy(load_dataset(data).x)).numpy()
+    np.testing.assert_allclose(_predict(trained_run / "best.safetensors", data), expected, atol=1e-5)
+
+
+def test_onnx_export_matches_predict(trained_run, small_data):
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install 'spiralctl[onnx]')")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    checkpoint = trained_run / "best.safetensors"
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["inputs"] == {"sequences": ["batch", "time", 2]}
+    assert set(report["outputs"]) == {"probability", "logit"}
+
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    for split in ("test", "val"):
+        data = small_data / f"{split}.safetensors"
+        probability, logit = session.run(["probability", "logit"], {"sequences": load_dataset(data).x})
+        np.testing.assert_allclose(probability, _predict(checkpoint, data), atol=1e-5)
+        np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit.astype(np.float64))), atol=1e-6)
+    # any batch size and length: one sequence of 5 points
+    one = np.array([[[0, 1], [1, 0], [0, -1], [-1, 0], [0, 1]]], dtype=np.float32)
+    np.save("one.npy", one[0])
+    (probability,) = session.run(["probability"], {"sequences": one})
+    np.testing.assert_allclose(probability, _predict(checkpoint, "one.npy"), atol=1e-5)
+
+    # an existing file is kept unless --force
+    before = open("model.onnx", "rb").read()
+    result = CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx"])
+    assert result.exit_code == 2 and "pass --force" in result.output
+    assert open("model.onnx", "rb").read() == before
+    assert CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx", "--force"]).exit_code == 0
+
+
+def test_export_without_onnx_says_how_to_get_it(trained_run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = CliRunner().invoke(app, ["export", str(trained_run / "best.safetensors"), "m.onnx"])
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == 'error: ONNX export needs the onnx package; install it with: pip install "spiralctl[onnx]"'
+    )
+
+
+def test_export_refuses_other_names(trained_run):
+    result = CliRunner().invoke(app, ["export", str(trained_run / "best.safetensors"), "model.safetensors"])
+    assert result.exit_code == 2 and "ending in .onnx" in result.output
