@@ -41,6 +41,16 @@ _NAMES = {dt: name for name, dt in DTYPES.items()}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
+def _new_file_mode(path: Path) -> int:
+    """The permissions of the file being replaced, or those a new file gets under the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_output(path: Path, mode: str = "wb") -> Iterator:
     """Open a temporary file next to `path`; on success fsync and rename it over `path`.
@@ -56,6 +66,7 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator:
             f"cannot write {path}: {exc.strerror}; check the folder exists and is writable"
         ) from exc
     try:
+        os.chmod(tmp, _new_file_mode(path))  # mkstemp makes it 0600; give it what open() would
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

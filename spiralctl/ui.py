@@ -200,8 +200,10 @@ def plot_report(console: Console, report: dict) -> None:
 
 
 def export_report(console: Console, report: dict) -> None:
-    inputs = ", ".join(f"{k} {v}" for k, v in report["inputs"].items())
-    outputs = ", ".join(f"{k} {v}" for k, v in report["outputs"].items())
+    def shapes(names: dict) -> str:
+        return ", ".join(f"{k} float32[{', '.join(map(str, v))}]" for k, v in names.items())
+
+    inputs, outputs = shapes(report["inputs"]), shapes(report["outputs"])
     console.print(
         f"wrote {report['file']} ({report['bytes']} bytes, ONNX opset {report['opset']}, LSTM hidden "
         f"{report['hidden']}); input {inputs}; outputs {outputs}",

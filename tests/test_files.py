@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 
 import numpy as np
@@ -123,3 +124,15 @@ def test_not_a_regular_file(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(SpiralError, match="regular file"):
         read_safetensors(fifo)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_safetensors(tmp_path / "new.safetensors", {"a": np.zeros(2, dtype=np.float32)}, {})
+        assert stat.S_IMODE(os.stat(tmp_path / "new.safetensors").st_mode) == 0o644  # as open() gives
+        os.chmod(tmp_path / "new.safetensors", 0o640)
+        write_safetensors(tmp_path / "new.safetensors", {"a": np.ones(2, dtype=np.float32)}, {})
+        assert stat.S_IMODE(os.stat(tmp_path / "new.safetensors").st_mode) == 0o640  # kept on replace
+    finally:
+        os.umask(previous)
