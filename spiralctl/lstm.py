@@ -12,7 +12,6 @@ innermost index runs over the batch.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
@@ -47,6 +46,19 @@ def _tanh(v: UOp) -> UOp:
 
 
 ROW_BLOCK = 32
+# terms added per stored running sum (each store waits on the load of the one before)
+UNROLL = 4
+
+
+def _unroll(size: int, most: int = 5) -> int:
+    """The largest number of terms up to `most` that divides a loop of `size` evenly and leaves
+    it at least two iterations (a loop of one is folded away, and with it the order of the sums)."""
+    return next(u for u in range(most, 0, -1) if size % u == 0 and (size // u >= 2 or u == 1))
+
+
+def _terms(count: int, term) -> UOp:
+    """term(0) + term(1) + ... + term(count - 1), written out."""
+    return sum((term(u) for u in range(1, count)), term(0))
 
 
 def _batch_padding(batch: int) -> int:
@@ -101,21 +113,20 @@ def _forward_kernel(hs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, xa: UOp, w_in: U
     j = loops.range(4 * hidden)
     bi, b = loops.lane()
     # the input projection: D+1 (3) terms, written out rather than looped
-    projection = functools.reduce(
-        lambda acc, d: acc + w_in[j, d] * xa[t, d, b], range(1, xa.shape[1]), w_in[j, 0] * xa[t, 0, b]
-    )
+    projection = _terms(xa.shape[1], lambda d: w_in[j, d] * xa[t, d, b])
     pre = gates.after(gates.after(t)[t, j, b].store(projection).end(bi).end(j))
     # gate rows in blocks of ROW_BLOCK with k outside the rows of a block: the running sums of one
     # k are independent (no wait on each other), and a block's sums stay in the L1 cache
     rows = math.gcd(4 * hidden, ROW_BLOCK)
     jo = loops.range(4 * hidden // rows)
-    k = loops.range(hidden, AxisType.REDUCE)
+    unroll = _unroll(hidden, UNROLL)
+    k = loops.range(hidden // unroll, AxisType.REDUCE)
     ji = loops.range(rows)
     j = jo * rows + ji
     bi, b = loops.lane()
-    pre = gates.after(
-        pre[t, j, b].store(pre.after(k)[t, j, b] + w_hh[j, k] * hs0.after(t)[t, k, b]).end(bi, ji, k, jo)
-    )
+    hs_t = hs0.after(t)
+    terms = _terms(unroll, lambda u: w_hh[j, k * unroll + u] * hs_t[t, k * unroll + u, b])
+    pre = gates.after(pre[t, j, b].store(pre.after(k)[t, j, b] + terms).end(bi, ji, k, jo))
     # tanh(z) = 2*sigmoid(2z) - 1 for the g gate, sigmoid for the others: one expression, no branch
     j = loops.range(4 * hidden)
     scale = ((j >= 2 * hidden) & (j < 3 * hidden)).where(2.0, 1.0)
@@ -171,11 +182,13 @@ def _backward_kernel(
     acc = dh_carry.after(dh_carry.after(r)[t, n, b].store(0.0).end(bi).end(n))
     rows = math.gcd(hidden, ROW_BLOCK)
     no = loops.range(hidden // rows)
-    j = loops.range(4 * hidden, AxisType.REDUCE)
+    unroll = _unroll(4 * hidden, UNROLL)
+    j = loops.range(4 * hidden // unroll, AxisType.REDUCE)
     ni = loops.range(rows)
     n = no * rows + ni
     bi, b = loops.lane()
-    done = acc[t, n, b].store(acc.after(j)[t, n, b] + w_hh[j, n] * dzv[t, j, b]).end(bi, ni, j, no)
+    terms = _terms(unroll, lambda u: w_hh[j * unroll + u, n] * dzv[t, j * unroll + u, b])
+    done = acc[t, n, b].store(acc.after(j)[t, n, b] + terms).end(bi, ni, j, no)
     return done.end(r).end(loops.outer).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
 
 
@@ -195,12 +208,12 @@ def _batch_dot(ids: itertools.count, out: UOp, partial: UOp, a: UOp, b_in: UOp) 
     li = rng(lanes)
     acc = partial.after(partial[j, k, li].store(0.0).end(li).end(k))
     # the columns k innermost (before the lanes): their running sums are independent
-    t, bo, k = rng(steps, AxisType.REDUCE), rng(batch // lanes, AxisType.REDUCE), rng(cols)
+    unroll = _unroll(steps)  # time steps per stored sum
+    t, bo, k = rng(steps // unroll, AxisType.REDUCE), rng(batch // lanes, AxisType.REDUCE), rng(cols)
     li = rng(lanes)
     b = bo * lanes + li
-    acc = partial.after(
-        acc[j, k, li].store(acc.after(t, bo)[j, k, li] + a[t, j, b] * b_in[t, k, b]).end(li, k, bo, t)
-    )
+    terms = _terms(unroll, lambda u: a[t * unroll + u, j, b] * b_in[t * unroll + u, k, b])
+    acc = partial.after(acc[j, k, li].store(acc.after(t, bo)[j, k, li] + terms).end(li, k, bo, t))
     k = rng(cols)
     total = UOp.placeholder((1,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
     total = total.after(acc, k)[0].set(0.0)
