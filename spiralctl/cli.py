@@ -133,32 +133,50 @@ class Style(str, Enum):
 DeviceOption = Annotated[
     str,
     typer.Option(
-        "--device", "-d", help="auto, cpu, cuda, amd, metal, or a tinygrad device such as CPU:LLVM."
+        "--device",
+        "-d",
+        help="auto, cpu, cuda, amd, metal, or a tinygrad device such as CPU:LLVM.",
+        rich_help_panel="Device",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
+SPLITS, INFERENCE = "Splits", "Inference"
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel="Output")
+]
 
 
 @app.command("gen-data")
 def gen_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write train/val/test.safetensors into.")],
-    sequences: Annotated[int, typer.Option(help="Sequences in all splits together (even).")] = 1000,
-    length: Annotated[int, typer.Option(help="Points per sequence.")] = 50,
-    noise: Annotated[float, typer.Option(help="Standard deviation of the Gaussian noise.")] = 0.1,
+    sequences: Annotated[
+        int, typer.Option(help="Sequences in all splits together (even).", rich_help_panel=DATA)
+    ] = 1000,
+    length: Annotated[int, typer.Option(help="Points per sequence.", rich_help_panel=DATA)] = 50,
+    noise: Annotated[
+        float, typer.Option(help="Standard deviation of the Gaussian noise.", rich_help_panel=DATA)
+    ] = 0.1,
     style: Annotated[
         Style,
         typer.Option(
             help="direction: label = true turning direction, random rotation. "
             "lux: the Lux tutorial's make_spiral arms, which both turn the same way "
-            "and differ only in where they start."
+            "and differ only in where they start.",
+            rich_help_panel=DATA,
         ),
     ] = Style.direction,
-    val_fraction: Annotated[float, typer.Option(help="Share of sequences for validation.")] = 0.2,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of sequences for validation.", rich_help_panel=SPLITS)
+    ] = 0.2,
     test_fraction: Annotated[
-        float, typer.Option(help="Share of sequences for a test split (0: none).")
+        float, typer.Option(help="Share of sequences for a test split (0: none).", rich_help_panel=SPLITS)
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Random seed; same arguments, same bytes.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; same arguments, same bytes.", rich_help_panel=DATA)
+    ] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing files.", rich_help_panel=OUTPUT)
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write a spiral dataset (clockwise vs anticlockwise) to OUT_DIR.
@@ -198,9 +216,6 @@ def gen_data(
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
-
-
-DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
 
 
 @app.command()
@@ -366,13 +381,19 @@ def evaluate(
     ],
     data: Annotated[Path, typer.Argument(help="A dataset file from gen-data (e.g. data/test.safetensors).")],
     device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 128,
+    batch_size: Annotated[
+        int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)
+    ] = 128,
     threshold: Annotated[
-        float, typer.Option(help="Probability above which a sequence is anticlockwise.")
+        float,
+        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
     ] = 0.5,
     min_accuracy: Annotated[
         float | None,
-        typer.Option(help="Exit with code 1 when the accuracy is below this (for CI pipelines)."),
+        typer.Option(
+            help="Exit with code 1 when the accuracy is below this (for CI pipelines).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -402,16 +423,21 @@ def predict(
         ),
     ],
     device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 128,
+    batch_size: Annotated[
+        int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)
+    ] = 128,
     threshold: Annotated[
-        float, typer.Option(help="Probability above which a sequence is anticlockwise.")
+        float,
+        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
     ] = 0.5,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Also write the predictions to this CSV file."),
+        typer.Option(
+            "--output", "-o", help="Also write the predictions to this CSV file.", rich_help_panel=OUTPUT
+        ),
     ] = None,
     json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON object per sequence per line.")
+        bool, typer.Option("--json", help="One JSON object per sequence per line.", rich_help_panel=OUTPUT)
     ] = False,
 ) -> None:
     """Classify sequences of any length as clockwise or anticlockwise.
@@ -442,15 +468,22 @@ def plot(
             help="Sequences to draw: a dataset .safetensors, or anything predict reads (- for stdin)."
         ),
     ],
-    out: Annotated[Path, typer.Option("--output", "-o", help="The PNG file to write.")],
+    out: Annotated[
+        Path, typer.Option("--output", "-o", help="The PNG file to write.", rich_help_panel=OUTPUT)
+    ],
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Colour by this checkpoint's predictions and mark its mistakes."),
+        typer.Option(
+            help="Colour by this checkpoint's predictions and mark its mistakes.", rich_help_panel=INFERENCE
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Draw the first this many sequences.")] = 36,
+    limit: Annotated[
+        int, typer.Option(help="Draw the first this many sequences.", rich_help_panel=DATA)
+    ] = 36,
     device: DeviceOption = "auto",
     threshold: Annotated[
-        float, typer.Option(help="Probability above which a sequence is anticlockwise.")
+        float,
+        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
     ] = 0.5,
     json_output: JsonOption = False,
 ) -> None:
@@ -475,7 +508,9 @@ def plot(
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from train.")],
     out: Annotated[Path, typer.Argument(help="The ONNX file to write (.onnx).")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing file.", rich_help_panel=OUTPUT)
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Export a checkpoint to ONNX (the standard LSTM operator, opset 17).

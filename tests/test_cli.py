@@ -57,9 +57,20 @@ def test_every_command_help_has_a_summary_and_an_example(run, command):
     assert "Example" in result.output and f"spiralctl {command}" in result.output
 
 
-def test_train_help_groups_its_options(run):
-    output = run("train", "--help").output
-    for panel in ("Data", "Model", "Optimization", "Run folder", "Output"):
+@pytest.mark.parametrize(
+    "command, panels",
+    [
+        ("train", ("Data", "Device", "Model", "Optimization", "Run folder", "Output")),
+        ("gen-data", ("Data", "Splits", "Output")),
+        ("eval", ("Device", "Inference", "Output")),
+        ("predict", ("Device", "Inference", "Output")),
+        ("plot", ("Data", "Device", "Inference", "Output")),
+        ("export", ("Output",)),
+    ],
+)
+def test_help_groups_the_options(run, command, panels):
+    output = run(command, "--help").output
+    for panel in panels:
         assert f"─ {panel} ─" in output
 
 
