@@ -282,16 +282,8 @@ def fit(
         skip_steps = int(saved.get("partial_steps", 0))
         partial = np.array([saved.get("partial_loss_sum", 0.0), saved.get("partial_correct", 0.0)])
         last_metrics = {k: v for k, v in saved.items() if not k.startswith("partial_")}
-    if start_epoch >= config.epochs:
-        raise SpiralError(
-            f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs; "
-            f"ask for more than {start_epoch}"
-        )
-    if config.patience and skip_steps == 0 and start_epoch - best_epoch >= config.patience:
-        raise SpiralError(
-            f"--patience {config.patience}: this run stopped early at epoch {start_epoch} "
-            f"(best epoch {best_epoch}); pass a larger --patience, or --patience 0, to go on"
-        )
+    if resume is not None:
+        check_resume(config, resume)
     predictor = Predictor(model, config.batch_size)
     fingerprint = train.fingerprint()
     train_record = {**asdict(config), "device": device, "data": data_source, "impl": impl}
@@ -423,6 +415,23 @@ def fit(
     )
 
 
+def check_resume(config: TrainConfig, resume: Checkpoint) -> None:
+    """Refuse to resume a run that has nothing left to do under `config`."""
+    start_epoch = resume.epoch
+    if start_epoch >= config.epochs:
+        raise SpiralError(
+            f"--epochs {config.epochs}: the checkpoint has already run {start_epoch} epochs; "
+            f"ask for more than {start_epoch}"
+        )
+    best_epoch = int(resume.metrics.get("best_epoch", start_epoch))
+    stopped_between_epochs = not resume.metrics.get("partial_steps")
+    if config.patience and stopped_between_epochs and start_epoch - best_epoch >= config.patience:
+        raise SpiralError(
+            f"--patience {config.patience}: this run stopped early at epoch {start_epoch} "
+            f"(best epoch {best_epoch}); pass a larger --patience, or --patience 0, to go on"
+        )
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Only one training writes into a run folder at a time."""
@@ -535,6 +544,8 @@ def train_job(
         if data_dir is None:  # the data the run was trained on, as the checkpoint records it
             data_dir = resume_data_dir(resume)
     config.check()
+    if resume is not None:
+        check_resume(config, resume)  # before anything in the run folder is touched
     tinygrad_device = resolve_device(device)
     if data_dir is not None:
         train, val = load_split(data_dir, "train"), load_split(data_dir, "val")

@@ -155,8 +155,12 @@ def test_patience_stops_early_and_resume_says_so(small_data):
 
     from spiralctl.errors import SpiralError
 
+    before = {
+        name: open(f"r/{name}", "rb").read() for name in ("config.json", "metrics.csv", "last.safetensors")
+    }
     with pytest.raises(SpiralError, match="stopped early"):
         train_job(config, resume_path="r/last.safetensors", device="cpu", plots=False)
+    assert before == {name: open(f"r/{name}", "rb").read() for name in before}  # nothing touched
     # a larger patience goes on
     more = train_job(
         TrainConfig(epochs=history[-1]["epoch"] + 1, patience=0),
