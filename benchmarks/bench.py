@@ -1,8 +1,12 @@
 """Train spiralctl's LSTM and PyTorch's nn.LSTM on the same generated data and compare.
 
-Usage: python benchmarks/bench.py [--configs seed,long,wide,big] [--markdown FILE]
+Usage: python benchmarks/bench.py [--configs seed,long,wide,big] [--repeat 3] [--markdown FILE]
 
-For each config, both run as fresh processes on the same dataset files. Reported per tool:
+For each config, both run as fresh processes on the same dataset files, one after the other,
+`--repeat` times (spiralctl with an empty kernel cache, spiralctl with a warm one, PyTorch;
+then again). Every figure is the median over the repetitions, and the ratio is the median of
+the ratios of each repetition (its two runs minutes apart at most), with their range: on a
+shared machine either tool's speed drifts by tens of percent over minutes. Reported per tool:
 - steady training throughput: sequences per second over the epochs after the first, the
   training pass alone (with one epoch: that epoch, compilation included);
 - first-epoch seconds (spiralctl: with an empty and with a warm tinygrad kernel cache);
@@ -17,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,12 +50,14 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[str, float, float]:
     return out, wall, usage.ru_maxrss / 1024
 
 
-def bench_config(name: str, cfg: dict, work: Path, with_torch: bool) -> dict:
-    spiralctl = [sys.executable, "-m", "spiralctl"]
+SPIRALCTL = [sys.executable, "-m", "spiralctl"]
+
+
+def make_data(name: str, cfg: dict, work: Path) -> Path:
     data = work / name / "data"
     run(
         [
-            *spiralctl,
+            *SPIRALCTL,
             "gen-data",
             str(data),
             "--sequences",
@@ -61,6 +68,11 @@ def bench_config(name: str, cfg: dict, work: Path, with_torch: bool) -> dict:
             "--json",
         ]
     )
+    return data
+
+
+def bench_once(name: str, cfg: dict, data: Path, work: Path, with_torch: bool) -> dict:
+    """One repetition: spiralctl cold, spiralctl warm, PyTorch."""
     common = [
         "--hidden",
         str(cfg["hidden"]),
@@ -70,12 +82,14 @@ def bench_config(name: str, cfg: dict, work: Path, with_torch: bool) -> dict:
         str(cfg["epochs"]),
     ]
     row: dict = {"config": name, **cfg}
-    env = {**os.environ, "CACHEDB": str(work / name / "cache.db")}
+    cache_db = work / name / "cache.db"
+    cache_db.unlink(missing_ok=True)  # cold means cold in every repetition
+    env = {**os.environ, "CACHEDB": str(cache_db)}
     for cache in ("cold", "warm"):
         out_dir = work / name / f"run-{cache}"
         _, wall, peak = run(
             [
-                *spiralctl,
+                *SPIRALCTL,
                 "train",
                 "--data",
                 str(data),
@@ -116,16 +130,31 @@ def bench_config(name: str, cfg: dict, work: Path, with_torch: bool) -> dict:
     return row
 
 
+def bench_config(name: str, cfg: dict, work: Path, with_torch: bool, repeat: int) -> dict:
+    """Medians over `repeat` repetitions, and the range of the per-repetition ratios."""
+    data = make_data(name, cfg, work)
+    runs = [bench_once(name, cfg, data, work, with_torch) for _ in range(repeat)]
+    row = {
+        key: statistics.median(r[key] for r in runs) if isinstance(value, float) else value
+        for key, value in runs[0].items()
+    }
+    if with_torch:
+        row["ratio_min"] = min(r["ratio"] for r in runs)
+        row["ratio_max"] = max(r["ratio"] for r in runs)
+    row["repeat"] = repeat
+    return row
+
+
 def markdown(rows: list[dict]) -> str:
     head = (
         "| config | N, T, H, B, E | tool | steady seq/s | first epoch s (cold / warm) "
-        "| process s (cold / warm) | peak MB | val acc | spiralctl / PyTorch |\n"
+        "| process s (cold / warm) | peak MB | val acc | spiralctl / PyTorch (range) |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         shape = f"{r['sequences']}, {r['length']}, {r['hidden']}, {r['batch']}, {r['epochs']}"
-        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        ratio = f"{r['ratio']:.2f}x ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})" if "ratio" in r else ""
         process = f"{r['spiralctl_cold_s']:.1f} / {r['spiralctl_warm_s']:.1f}"
         first = f"{r['spiralctl_first_epoch_cold_s']:.2f} / {r['spiralctl_first_epoch_warm_s']:.2f}"
         lines.append(
@@ -144,6 +173,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="seed,long,wide,big")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions per config (medians)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     try:
@@ -156,10 +186,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
-            rows.append(bench_config(name, CONFIGS[name], Path(tmp), with_torch))
+            rows.append(bench_config(name, CONFIGS[name], Path(tmp), with_torch, args.repeat))
             print(json.dumps(rows[-1]), file=sys.stderr)
     table = markdown(rows)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"medians of {args.repeat} repetitions"
+    )
     print(f"machine: {machine}\n\n{table}")
     if args.markdown:
         args.markdown.write_text(f"machine: {machine}\n\n{table}")
