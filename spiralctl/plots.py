@@ -35,8 +35,8 @@ def _figure_class():
     return Figure
 
 
-def _figure(width: float, height: float):
-    return _figure_class()(figsize=(width, height), dpi=100, layout="constrained")
+def _figure(width: float, height: float, layout: str | None = "constrained"):
+    return _figure_class()(figsize=(width, height), dpi=100, layout=layout)
 
 
 def _save(figure, path: Path) -> Path:
@@ -48,7 +48,9 @@ def _save(figure, path: Path) -> Path:
 
 
 def _curves(history: list[dict], path: Path, key: str, title: str, best_epoch: int | None) -> Path:
-    figure = _figure(6.4, 4.0)
+    # fixed margins: the automatic layout would cost training half a second per run
+    figure = _figure(6.4, 4.0, layout=None)
+    figure.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.12)
     axes = figure.add_subplot()
     epochs = [m["epoch"] for m in history]
     for split, colour in (("train", TRAIN_COLOUR), ("val", VAL_COLOUR)):
