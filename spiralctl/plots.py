@@ -131,8 +131,13 @@ def sequence_plot(
         axes.set_aspect("equal", adjustable="datalim")
         axes.set_xticks([])
         axes.set_yticks([])
-    what = "predicted label" if predictions is not None else "label"
-    heading = f"{title}: coloured by {what}\nclockwise teal, anticlockwise magenta; dot = start, arrow = end"
+    what = "predicted label" if predictions is not None else "label" if labels is not None else "none"
+    if what == "none":  # no labels in the input and no model to predict them
+        heading = f"{title}: unlabelled (give --checkpoint to colour by prediction)\ndot = start, arrow = end"
+    else:
+        heading = (
+            f"{title}: coloured by {what}\nclockwise teal, anticlockwise magenta; dot = start, arrow = end"
+        )
     if predictions is not None:
         heading += "\np = P(anticlockwise)"
         if labels is not None:

@@ -193,7 +193,8 @@ def note(message: str) -> None:
 
 
 def plot_report(console: Console, report: dict) -> None:
-    what = f"{report['sequences']} of {report['total']} sequences, coloured by {report['coloured_by']}"
+    colour = "unlabelled" if report["coloured_by"] == "none" else f"coloured by {report['coloured_by']}"
+    what = f"{report['sequences']} of {report['total']} sequences, {colour}"
     if report["mistakes"] is not None:
         what += f", {report['mistakes']} wrong"
     console.print(f"wrote {report['file']}: {what}", markup=False)

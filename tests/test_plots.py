@@ -61,6 +61,11 @@ def test_plot_by_label_and_by_prediction(run, small_data, trained_run):
     rows = [json.loads(line) for line in predictions.output.splitlines()]
     assert report["mistakes"] == sum(row["label"] != row["true_label"] for row in rows)
 
+    Path("points.csv").write_text("sequence,x,y\na,0,1\na,1,0\na,0,-1\n")
+    result = run("plot", "points.csv", "-o", "unlabelled.png", "--json")
+    assert result.exit_code == 0 and json.loads(result.output)["coloured_by"] == "none"
+    _decode("unlabelled.png")
+
     result = run("plot", small_data / "test.safetensors", "-o", "out.jpg")
     assert result.exit_code == 2 and "give a name ending in .png" in result.output
 
