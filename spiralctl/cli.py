@@ -130,19 +130,28 @@ class Style(str, Enum):
     lux = "lux"
 
 
+# option groups in --help
+DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
+SPLITS, INFERENCE = "Splits", "Inference"
+DEVICE = "Device"
+
 DeviceOption = Annotated[
     str,
     typer.Option(
         "--device",
         "-d",
         help="auto, cpu, cuda, amd, metal, or a tinygrad device such as CPU:LLVM.",
-        rich_help_panel="Device",
+        rich_help_panel=DEVICE,
     ),
 ]
-DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
-SPLITS, INFERENCE = "Splits", "Inference"
+# the options eval, predict and plot share
+ThresholdOption = Annotated[
+    float,
+    typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
+]
+BatchSizeOption = Annotated[int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel="Output")
+    bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)
 ]
 
 
@@ -381,13 +390,8 @@ def evaluate(
     ],
     data: Annotated[Path, typer.Argument(help="A dataset file from gen-data (e.g. data/test.safetensors).")],
     device: DeviceOption = "auto",
-    batch_size: Annotated[
-        int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)
-    ] = 128,
-    threshold: Annotated[
-        float,
-        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
-    ] = 0.5,
+    batch_size: BatchSizeOption = 128,
+    threshold: ThresholdOption = 0.5,
     min_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -423,13 +427,8 @@ def predict(
         ),
     ],
     device: DeviceOption = "auto",
-    batch_size: Annotated[
-        int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)
-    ] = 128,
-    threshold: Annotated[
-        float,
-        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
-    ] = 0.5,
+    batch_size: BatchSizeOption = 128,
+    threshold: ThresholdOption = 0.5,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -481,10 +480,7 @@ def plot(
         int, typer.Option(help="Draw the first this many sequences.", rich_help_panel=DATA)
     ] = 36,
     device: DeviceOption = "auto",
-    threshold: Annotated[
-        float,
-        typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
-    ] = 0.5,
+    threshold: ThresholdOption = 0.5,
     json_output: JsonOption = False,
 ) -> None:
     """Draw sequences, coloured by label, or by a model's prediction with mistakes marked.

@@ -282,7 +282,6 @@ def fit(
         skip_steps = int(saved.get("partial_steps", 0))
         partial = np.array([saved.get("partial_loss_sum", 0.0), saved.get("partial_correct", 0.0)])
         last_metrics = {k: v for k, v in saved.items() if not k.startswith("partial_")}
-    if resume is not None:
         check_resume(config, resume)
     predictor = Predictor(model, config.batch_size)
     fingerprint = train.fingerprint()
@@ -633,7 +632,7 @@ def load_run_options(path: Path) -> dict:
     unknown = sorted(set(options) - set(RUN_OPTIONS))
     if unknown:
         raise SpiralError(f"--config {path}: unknown option {unknown[0]!r}; known: {', '.join(RUN_OPTIONS)}")
-    defaults = {"data": None, "device": "auto", **asdict(TrainConfig())}
+    defaults = run_options(TrainConfig(), None, "auto")
     for key, value in options.items():
         expected = type(defaults[key]) if defaults[key] is not None else str
         ok = (
