@@ -12,6 +12,7 @@ innermost index runs over the batch.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -96,24 +97,49 @@ class _Loops:
         return UOp.group(*(buf[row, j, b].store(0.0) for buf in buffers)).end(inner, j)
 
 
-def _forward_kernel(hs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, xa: UOp, w_in: UOp, w_hh: UOp) -> UOp:
-    """hs, cs: [T+1, H, B] (row 0 is the zero state); gates: [T, 4H, B] after activation.
+def _forward_kernel(
+    hs: UOp,
+    cs: UOp,
+    tanh_cs: UOp,
+    gates: UOp,
+    xa: UOp,
+    x: UOp,
+    w_ih: UOp,
+    b_ih: UOp,
+    b_hh: UOp,
+    w_hh: UOp,
+    *,
+    batch: int,
+) -> UOp:
+    """hs, cs: [T+1, H, B'] (row 0 is the zero state); gates: [T, 4H, B'] after activation.
 
-    xa: [T, D+1, B] holds the inputs and a row of ones; w_in: [4H, D+1] is W_ih with the
-    summed biases as its last column, so one product gives the input projection. Every
-    statement runs over an innermost loop of `lanes` batch columns, which clang vectorises;
-    the gate pre-activations are summed in place in `gates`.
+    x holds the sequences [B, T, D] at the start of its buffer (B <= B' columns are real, the
+    rest padding). The kernel first copies them batch-last into xa: [T, D+1, B'], with a row
+    of ones (the biases' input, for the weight gradients) and zeros in the padding columns;
+    then W_ih, the summed biases and W_hh give the gate pre-activations. Every statement runs
+    over an innermost loop of `lanes` batch columns, which clang vectorises; the
+    pre-activations are summed in place in `gates`.
     """
-    steps1, hidden, batch = hs.shape
-    steps, loops = steps1 - 1, _Loops(batch)
-    init = loops.zero_row(0, hidden, hs, cs)
-    hs0, cs0 = hs.after(init), cs.after(init)
+    steps1, hidden, padded = hs.shape
+    steps, loops = steps1 - 1, _Loops(padded)
+    inputs = xa.shape[1] - 1
+    x = x.flatten()
+    t, d = loops.range(steps), loops.range(inputs)
+    bi, b = loops.lane()
+    real = b if padded == batch else (b < batch).where(b, 0)
+    value = x[real * (steps * inputs) + t * inputs + d]
+    value = value if padded == batch else (b < batch).where(value, 0.0)
+    copied = xa[t, d, b].store(value).end(bi).end(d)
+    bi, b = loops.lane()
+    ones = xa[t, inputs, b].store(1.0).end(bi)
+    init = UOp.group(loops.zero_row(0, hidden, hs, cs), UOp.group(copied, ones).end(t))
+    hs0, cs0, xa = hs.after(init), cs.after(init), xa.after(init)
 
     t = loops.range(steps, AxisType.REDUCE)
     j = loops.range(4 * hidden)
     bi, b = loops.lane()
-    # the input projection: D+1 (3) terms, written out rather than looped
-    projection = _terms(xa.shape[1], lambda d: w_in[j, d] * xa[t, d, b])
+    # the input projection: D (2) terms and the biases, written out rather than looped
+    projection = _terms(inputs, lambda d: w_ih[j, d] * xa[t, d, b]) + (b_ih[j] + b_hh[j])
     pre = gates.after(gates.after(t)[t, j, b].store(projection).end(bi).end(j))
     # gate rows in blocks of ROW_BLOCK with k outside the rows of a block: the running sums of one
     # k are independent (no wait on each other), and a block's sums stay in the L1 cache
@@ -148,22 +174,25 @@ def _forward_kernel(hs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, xa: UOp, w_in: U
 
 
 def _backward_kernel(
-    dz: UOp, dc_carry: UOp, dh_carry: UOp, dhs: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
+    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
 ) -> UOp:
     """Backward through time. dz: [T, 4H, B] gradient of the gate pre-activations.
 
-    dc_carry[t] and dh_carry[t] hold what step t passes back to step t-1; row T is zero.
+    dh_last: [H, B] is the loss's gradient with respect to h_T. dc_carry[t] and dh_carry[t]
+    hold what step t passes back to step t-1; row T starts as (0, dh_last).
     """
     steps, hidden4, batch = dz.shape
     hidden, loops = hidden4 // 4, _Loops(batch)
-    init = loops.zero_row(steps, hidden, dc_carry, dh_carry)
+    k = loops.range(hidden)
+    bi, b = loops.lane()
+    init = UOp.group(dc_carry[steps, k, b].store(0.0), dh_carry[steps, k, b].store(dh_last[k, b])).end(bi, k)
     dc0, dh0 = dc_carry.after(init), dh_carry.after(init)
 
     r = loops.range(steps, AxisType.REDUCE)
     t = (steps - 1) - r
     k = loops.range(hidden)
     bi, b = loops.lane()
-    dh = dhs[t + 1, k, b] + dh0.after(r)[t + 1, k, b]
+    dh = dh0.after(r)[t + 1, k, b]
     i, f, g, o = (gates[t, q * hidden + k, b] for q in range(4))
     tanh_c = tanh_cs[t, k, b]
     dc = dc0.after(r)[t + 1, k, b] + dh * o * (1 - tanh_c * tanh_c)
@@ -246,52 +275,75 @@ def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tenso
     return d_w_hh, d_w_in
 
 
-def _fused_gradient(grad: UOp, call: UOp) -> tuple:
-    hs_buf, cs_buf, tanh_buf, gates_buf, xa, _w_in, w_hh = call.src[1:]
-    hs, cs, tanh_cs, gates = (Tensor(u.after(call)) for u in (hs_buf, cs_buf, tanh_buf, gates_buf))
+def sequence_forward(
+    x: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor, w_hh: Tensor, batch: int, steps: int, grad_fxn=None
+) -> list[Tensor]:
+    """The forward kernel over `batch` sequences of `steps` points at the start of x's buffer.
+
+    Returns hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated gates: [T, 4H, B'] and the
+    inputs batch-last with a row of ones, xa: [T, D+1, B'] (B' = batch + padding columns).
+    """
+    hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
+    padded = batch + _batch_padding(batch)
+    return Tensor.custom_kernel(
+        Tensor.empty(steps + 1, hidden, padded, device=device),  # h_0 .. h_T
+        Tensor.empty(steps + 1, hidden, padded, device=device),  # c_0 .. c_T
+        Tensor.empty(steps, hidden, padded, device=device),  # tanh(c_1) .. tanh(c_T), for backward
+        Tensor.empty(steps, 4 * hidden, padded, device=device),  # activated gates, for backward
+        Tensor.empty(steps, inputs + 1, padded, device=device),  # the inputs, batch-last
+        x,
+        w_ih,
+        b_ih,
+        b_hh,
+        w_hh,
+        fxn=functools.partial(_forward_kernel, batch=batch),
+        grad_fxn=grad_fxn,
+    )
+
+
+def sequence_backward(
+    dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward through time from dh_last: [H, B'], the gradient with respect to h_T.
+
+    Returns dz: [T, 4H, B'] (the gate pre-activations' gradients), dW_hh: [4H, H] and
+    dW_in: [4H, D+1] (W_ih's gradient, with the biases' as its last column).
+    """
     steps1, hidden, batch = hs.shape
     steps, device = steps1 - 1, hs.device
     dz, *_ = Tensor.custom_kernel(
         Tensor.empty(steps, 4 * hidden, batch, device=device),
         Tensor.empty(steps1, hidden, batch, device=device),
         Tensor.empty(steps1, hidden, batch, device=device),
-        Tensor(grad),
+        dh_last,
         cs,
         tanh_cs,
         gates,
-        Tensor(w_hh),
+        w_hh,
         fxn=_backward_kernel,
     )
-    # weight gradients sum dz[t] h[t]^T and dz[t] [x_t, 1]^T over all time steps at once,
-    # and the inputs' gradient (scheduled only when something needs it) is W_in^T dz[t]
-    xa, w_in = Tensor(xa), Tensor(_w_in)
-    d_xa = (w_in.reshape(1, 4 * hidden, -1, 1) * dz.reshape(steps, 4 * hidden, 1, batch)).sum(1)
     d_w_hh, d_w_in = _weight_gradients(dz, hs, xa)
-    return (None, None, None, None, d_xa.uop, d_w_in.uop, d_w_hh.uop)
+    return dz, d_w_hh, d_w_in
+
+
+def _fused_gradient(grad: UOp, call: UOp) -> tuple:
+    outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]
+    hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
+    batch, steps, inputs = x.shape
+    hidden = hs.shape[1]
+    dz, d_w_hh, d_w_in = sequence_backward(Tensor(grad)[steps], hs, cs, tanh_cs, gates, xa, Tensor(w_hh))
+    # the inputs' gradient (scheduled only when something needs it) is W_ih^T dz[t]
+    w = Tensor(w_ih).reshape(1, 4 * hidden, inputs, 1)
+    d_x = (w * dz.reshape(steps, 4 * hidden, 1, -1)).sum(1)[:, :, :batch].permute(2, 0, 1)
+    d_bias = d_w_in[:, inputs]
+    return (None, None, None, None, None, d_x.uop, d_w_in[:, :inputs].uop, d_bias.uop, d_bias.uop, d_w_hh.uop)
 
 
 def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
     """The same LSTM as `lstm_reference`, as fused kernels (forward, backward, weight gradient)."""
-    batch, steps, inputs = x.shape
-    hidden = w_hh.shape[1]
-    device = x.device
-    extra = _batch_padding(batch)
-    # batch-last inputs with a row of ones, and W_ih with the summed biases as a last column
-    xa = x.permute(1, 2, 0).pad((None, (0, 1), (0, extra)), value=1.0).contiguous()
-    batch += extra
-    w_in = w_ih.cat((b_ih + b_hh).reshape(4 * hidden, 1), dim=1)
-    hs, *_ = Tensor.custom_kernel(
-        Tensor.empty(steps + 1, hidden, batch, device=device),  # h_0 .. h_T
-        Tensor.empty(steps + 1, hidden, batch, device=device),  # c_0 .. c_T
-        Tensor.empty(steps, hidden, batch, device=device),  # tanh(c_1) .. tanh(c_T), for backward
-        Tensor.empty(steps, 4 * hidden, batch, device=device),  # activated gates, for backward
-        xa,
-        w_in.contiguous(),
-        w_hh,
-        fxn=_forward_kernel,
-        grad_fxn=_fused_gradient,
-    )
-    return hs[steps, :, : batch - extra].permute(1, 0)
+    batch, steps, _ = x.shape
+    hs, *_ = sequence_forward(x.contiguous(), w_ih, b_ih, b_hh, w_hh, batch, steps, grad_fxn=_fused_gradient)
+    return hs[steps, :, :batch].permute(1, 0)
 
 
 def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, impl: str = "fused") -> Tensor:

@@ -42,11 +42,11 @@ def test_forward_and_gradients_match_numpy(impl, shape):
     h, grads = _tinygrad_run(impl, arrays, grad_h)
     h_ref, ref = lstm_numpy(*arrays, grad_h=grad_h)
     np.testing.assert_allclose(h, h_ref, atol=1e-5)
-    np.testing.assert_allclose(grads[0], ref["x"], atol=1e-5)
-    np.testing.assert_allclose(grads[1], ref["w_ih"], atol=1e-5)
-    np.testing.assert_allclose(grads[2], ref["w_hh"], atol=1e-5)
-    np.testing.assert_allclose(grads[3], ref["b"], atol=1e-5)
-    np.testing.assert_allclose(grads[4], ref["b"], atol=1e-5)
+    for grad, name in zip(grads, ("x", "w_ih", "w_hh", "b", "b")):
+        # float32 kernels against a float64 reference: 1e-5 of the array's scale, where a
+        # gradient sums a thousand terms to values above 1 (up to 18 at (256, 4, 40))
+        scale = max(1.0, float(np.abs(ref[name]).max()))
+        np.testing.assert_allclose(grad, ref[name], atol=1e-5 * scale, err_msg=name)
 
 
 @pytest.mark.parametrize("shape", SHORT_SHAPES)
