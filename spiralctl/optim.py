@@ -9,6 +9,7 @@ numbers (exact resume).
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -21,21 +22,32 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 
 
-def _adam_kernel(*buffers: UOp, count: int) -> UOp:
+def _adam_kernel(*buffers: UOp, count: int, sources: tuple, offset: int) -> UOp:
+    """buffers: the parameters, first moments and second moments (`count` each), the gradient
+    buffers, and last the buffer holding [lr, 1/(1-b1^t), 1/(1-b2^t)] at `offset`.
+
+    sources[i] = (g, index): parameter i's gradient at flat position n is gradient buffer g at
+    index(n), so a gradient can be part of a larger buffer without a copy.
+    """
     params, exp_avg, exp_avg_sq = buffers[:count], buffers[count : 2 * count], buffers[2 * count : 3 * count]
-    grads, scalars = buffers[3 * count : 4 * count], buffers[4 * count]
-    lr, correction1, correction2 = scalars[0], scalars[1], scalars[2]
+    grads, scalars = buffers[3 * count : -1], buffers[-1].flatten()
+    lr, correction1, correction2 = (scalars[offset + k] for k in range(3))
     b1, b2 = BETAS
     ids = itertools.count()
     updates = []
-    for p, m, v, g in zip(params, exp_avg, exp_avg_sq, grads):
-        p, m, v, g = p.flatten(), m.flatten(), v.flatten(), g.flatten()
+    for p, m, v, (g, index) in zip(params, exp_avg, exp_avg_sq, sources):
+        p, m, v, g = p.flatten(), m.flatten(), v.flatten(), grads[g].flatten()
         i = UOp.range(p.numel(), next(ids))
-        m_new = m[i] * b1 + g[i] * (1 - b1)
-        v_new = v[i] * b2 + g[i] * g[i] * (1 - b2)
+        grad = g[index(i)]
+        m_new = m[i] * b1 + grad * (1 - b1)
+        v_new = v[i] * b2 + grad * grad * (1 - b2)
         step = lr * (m_new * correction1) / ((v_new * correction2).sqrt() + EPS)
         updates.append(UOp.group(m[i].store(m_new), v[i].store(v_new), p[i].store(p[i] - step)).end(i))
     return UOp.group(*updates).sink(arg=KernelInfo(name="adam", opts_to_apply=()))
+
+
+def _same(i: UOp) -> UOp:
+    return i
 
 
 def adam_scalars(lr: float, step: int) -> np.ndarray:
@@ -61,11 +73,18 @@ class FusedAdam:
         """Update in place from the parameters' .grad; returns the tensors to realize."""
         grads = [p.grad for p in self.params]
         Tensor.realize(*grads)  # the gradients read the old parameters: finish them first
+        return self.update(grads, [(k, _same) for k in range(len(grads))], scalars.contiguous())
+
+    def update(
+        self, grads: list[Tensor], sources: list[tuple], scalars: Tensor, offset: int = 0
+    ) -> list[Tensor]:
+        """Update in place from realized gradient buffers; parameter i's gradient at flat position
+        n is grads[g][index(n)] for (g, index) = sources[i]. scalars holds [lr, 1/(1-b1^t),
+        1/(1-b2^t)] at flat position `offset`. Returns the tensors to realize."""
         count = len(self.params)
         states = [*self.params, *self.exp_avg, *self.exp_avg_sq]
-        outputs = Tensor.custom_kernel(
-            *states, *grads, scalars, fxn=lambda *buffers: _adam_kernel(*buffers, count=count)
-        )
+        fxn = functools.partial(_adam_kernel, count=count, sources=tuple(sources), offset=offset)
+        outputs = Tensor.custom_kernel(*states, *grads, scalars, fxn=fxn)
         for tensor, updated in zip(states, outputs):
             tensor.replace(updated)  # the kernel wrote into the same buffers
         return states

@@ -24,6 +24,7 @@ from spiralctl.inference import Predictor, bce_with_logits, check_inference_opti
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
 from spiralctl.optim import BETAS, FusedAdam, adam_scalars
 from spiralctl.staging import download, staging_tensor, upload
+from spiralctl.step import step_gradients
 
 # Optimizer steps per jitted call. The machinery runs several (one upload and one read for
 # all of them), but tinygrad's first-call scheduling grows with the steps captured: on a
@@ -107,10 +108,15 @@ def prepare_run_dir(run_dir: Path, exist_ok: bool) -> Path:
 class Trainer:
     """A model, its Adam optimizer and the jitted train step on one device."""
 
-    def __init__(self, model: SpiralClassifier, config: TrainConfig, impl: str = "fused") -> None:
+    def __init__(
+        self, model: SpiralClassifier, config: TrainConfig, impl: str = "fused", autograd: bool = False
+    ) -> None:
+        """impl: the LSTM ("fused" or "reference"). The fused LSTM trains with the step kernels of
+        spiralctl.step unless `autograd`; otherwise tinygrad's autograd differentiates the model."""
         self.model = model
         self.config = config
         self.impl = impl
+        self.step_kernels = impl == "fused" and not autograd
         self.optimizer = FusedAdam([model.parameters[name] for name in PARAMETER_NAMES])
         self.step_count = 0
         self.total_steps = 1  # for the learning-rate schedule; fit() sets it
@@ -127,6 +133,8 @@ class Trainer:
         (1 for real rows, 0 for padding) and Adam's three step numbers, flattened into one
         buffer so that one copy uploads it.
         """
+        if self.step_kernels:
+            return self._fused_steps(packed, batch, steps)
         results = []
         size = packed.shape[1] - 2 * batch - 3
         for step in range(packed.shape[0]):
@@ -145,6 +153,20 @@ class Trainer:
             results.append(result)
             Tensor.realize(*self.optimizer.step(scalars.contiguous()))
         return Tensor.stack(*results).realize()
+
+    def _fused_steps(self, packed: Tensor, batch: int, steps: int) -> Tensor:
+        """`_train_steps` as the custom kernels of spiralctl.step: four for the loss and the
+        gradients, one for Adam, all reading the packed rows directly."""
+        size = packed.shape[1] - 2 * batch - 3
+        parameters = [self.model.parameters[name] for name in PARAMETER_NAMES]
+        results = []
+        for step in range(packed.shape[0]):
+            row = packed if packed.shape[0] == 1 else packed[step : step + 1].contiguous()
+            result, grads, sources = step_gradients(row, parameters, batch, steps, size // (batch * steps))
+            Tensor.realize(result, *grads)  # the gradients read the old parameters: finish them first
+            results.append(result)
+            Tensor.realize(*self.optimizer.update(grads, sources, row, offset=size + 2 * batch))
+        return results[0] if len(results) == 1 else results[0].cat(*results[1:]).realize()
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the results once.

@@ -45,6 +45,44 @@ def test_first_step_reports_the_loss_of_its_own_forward_pass():
         assert correct == right
 
 
+@pytest.mark.parametrize(
+    "batch, steps, hidden, count, reference",
+    [
+        (16, 3, 5, 11, "reference"),
+        (16, 9, 5, 16, "fused"),
+        (32, 10, 12, 29, "fused"),
+        (256, 4, 8, 200, "fused"),
+    ],
+)
+def test_step_kernels_match_autograd(batch, steps, hidden, count, reference):
+    """The training step's own kernels (head, loss and gradients without autograd, Adam reading the
+    gradients in place) against tinygrad's autograd through the plain recurrence (short, it
+    compiles slowly) or through the fused LSTM's grad_fxn: three steps of results, parameters
+    and Adam moments. (256, ...) runs with padded batch columns; all but one with masked-out
+    sequences."""
+    data = generate(DataConfig(sequences=max(2 * batch, 40), length=steps, seed=1))["train"]
+    config = ModelConfig(hidden=hidden)
+    weights = init_parameters(config, seed=3)
+    x, y = data.x[:batch][None], data.y[:batch][None]
+    mask = (np.arange(batch) < count).astype(np.float32)[None]
+    runs = []
+    for impl, autograd in (("fused", False), (reference, True)):
+        model = SpiralClassifier(config, weights, "CPU")
+        train_config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.05)
+        trainer = Trainer(model, train_config, impl=impl, autograd=autograd)
+        assert trainer.step_kernels is not autograd
+        results = np.stack([trainer.steps(x, y, mask)[0] for _ in range(3)])
+        moments = [m.numpy() for m in trainer.optimizer.exp_avg + trainer.optimizer.exp_avg_sq]
+        runs.append((results, model.state_dict(), moments))
+    (fused, fused_weights, fused_moments), (expected, expected_weights, expected_moments) = runs
+    np.testing.assert_allclose(fused, expected, atol=1e-5)
+    assert fused[:, 1].tolist() == expected[:, 1].tolist()  # right answers: exact counts
+    for name in fused_weights:
+        np.testing.assert_allclose(fused_weights[name], expected_weights[name], atol=1e-5, err_msg=name)
+    for a, b in zip(fused_moments, expected_moments):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_run_folder_holds_checkpoints_and_metrics(trained_run):
     lines = (trained_run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2

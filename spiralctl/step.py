@@ -1,0 +1,148 @@
+"""One training step of the classifier as four custom kernels, without tinygrad's autograd.
+
+forward (the LSTM over the batch) -> head (logits, the masked mean BCE loss, the count of
+right answers, the head's gradients and the gradient into h_T) -> backward through time ->
+weight gradients; then the Adam kernel reads the gradients where these kernels left them.
+Every input (sequences, labels, mask, Adam's step numbers) is read from the one packed
+buffer that a step uploads. The autograd path (`lstm_fused` + `loss.backward()`) computes
+the same numbers with more, smaller kernels; the tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+from tinygrad import Tensor, UOp, dtypes
+from tinygrad.dtype import AddrSpace
+from tinygrad.uop.ops import AxisType, KernelInfo
+
+from spiralctl.lstm import sequence_backward, sequence_forward
+
+LN2 = 0.6931471805599453
+
+
+def _head_kernel(
+    out: UOp,
+    dh_last: UOp,
+    d_head: UOp,
+    per_sequence: UOp,
+    hs: UOp,
+    w_head: UOp,
+    b_head: UOp,
+    packed: UOp,
+    *,
+    batch: int,
+    offset: int,
+) -> UOp:
+    """The linear head and the loss on h_T, and their gradients.
+
+    packed holds the labels y[b] at `offset + b` and the mask at `offset + batch + b` (1 for a
+    real sequence, 0 for padding). Writes out = [mean loss over real sequences, right
+    answers], d_head = [dL/dw_head (H), dL/db_head], dh_last: [H, B'] = dL/dh_T (zero in
+    padding columns); per_sequence: [3, B] is scratch (dL/dlogit, loss, right).
+    """
+    _, hidden, padded = hs.shape
+    steps = hs.shape[0] - 1
+    packed = packed.flatten()
+    ids = itertools.count()
+
+    def rng(size: int, axis: AxisType = AxisType.WEAK) -> UOp:
+        return UOp.range(size, next(ids), axis)
+
+    def total(size: int, term, *deps: UOp) -> UOp:
+        """term(0) + ... + term(size - 1) in a register, after `deps`."""
+        acc = UOp.placeholder((1,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
+        acc = acc.after(*deps)[0].set(0.0) if deps else acc[0].set(0.0)
+        i = rng(size, AxisType.REDUCE)
+        return acc[0].set(acc.after(i)[0] + term(i), end=i)[0]
+
+    def label(b: UOp) -> UOp:
+        return packed[offset + b]
+
+    def mask(b: UOp) -> UOp:
+        return packed[offset + batch + b]
+
+    count = total(batch, mask)
+    b = rng(batch)
+    logit = total(hidden, lambda n: w_head[0, n] * hs[steps, n, b], b) + b_head[0]
+    y, m = label(b), mask(b)
+    # loss = max(z, 0) - z*y + log(1 + exp(-|z|)); sigmoid(z) from the same exp(-|z|)
+    e = (logit * (logit < 0).where(1.0, -1.0)).exp()
+    p = (logit < 0).where(e, 1.0) / (1.0 + e)
+    loss = (logit < 0).where(0.0, logit) - logit * y + (1.0 + e).log2() * LN2
+    right = ((logit > 0).where(1.0, 0.0) - y).abs() < 0.5
+    stored = UOp.group(
+        per_sequence[0, b].store((p - y) * m / count),
+        per_sequence[1, b].store(loss * m),
+        per_sequence[2, b].store(right.where(m, 0.0)),
+    ).end(b)
+    seq = per_sequence.after(stored)
+    results = UOp.group(
+        out[0, 0].store(total(batch, lambda i: seq[1, i], stored) / count),
+        out[0, 1].store(total(batch, lambda i: seq[2, i], stored)),
+    )
+    n = rng(hidden)
+    weights = d_head[n].store(total(batch, lambda i: seq[0, i] * hs[steps, n, i], n, stored)).end(n)
+    bias = d_head[hidden].store(total(batch, lambda i: seq[0, i], stored))
+    n, b = rng(hidden), rng(padded)
+    into = (b < batch).where(seq[0, (b < batch).where(b, 0)] * w_head[0, n], 0.0)
+    dh = dh_last[n, b].store(into).end(b, n)
+    return UOp.group(results, weights, bias, dh).sink(arg=KernelInfo(name="lstm_head", opts_to_apply=()))
+
+
+def _head(
+    hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
+) -> list[Tensor]:
+    _, hidden, padded = hs.shape
+    device = hs.device
+    return Tensor.custom_kernel(
+        Tensor.empty(1, 2, device=device),
+        Tensor.empty(hidden, padded, device=device),
+        Tensor.empty(hidden + 1, device=device),
+        Tensor.empty(3, batch, device=device),
+        hs,
+        w_head,
+        b_head,
+        packed,
+        fxn=functools.partial(_head_kernel, batch=batch, offset=offset),
+    )
+
+
+def _columns(width: int, first: int, count: int):
+    """Flat index n of a [rows, count] array -> its index in a [rows, width] array from column `first`."""
+    return lambda n: (n // count) * width + first + n % count
+
+
+def _row_start(width: int, column: int):
+    """Flat index n of a [rows] array -> column `column` of row n in a [rows, width] array."""
+    return lambda n: n * width + column
+
+
+def _offset(first: int):
+    return lambda n: n + first
+
+
+def step_gradients(
+    packed: Tensor, parameters: list[Tensor], batch: int, steps: int, inputs: int
+) -> tuple[Tensor, list[Tensor], list[tuple]]:
+    """One step's loss and right answers ([1, 2]) and gradients, from a packed row.
+
+    packed: [1, L] holds the sequences [B, T, D], the labels [B] and the mask [B].
+    parameters: W_ih, W_hh, b_ih, b_hh, head weight, head bias (PyTorch's order).
+    Returns (results, gradient buffers, sources for `FusedAdam.update`).
+    """
+    w_ih, w_hh, b_ih, b_hh, w_head, b_head = parameters
+    hidden = w_hh.shape[1]
+    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, b_ih, b_hh, w_hh, batch, steps)[:5]
+    results, dh_last, d_head = _head(hs, w_head, b_head, packed, batch, batch * steps * inputs)[:3]
+    _, d_w_hh, d_w_in = sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
+    sources = [
+        (0, _columns(inputs + 1, 0, inputs)),  # W_ih: the first D columns of dW_in
+        (1, _offset(0)),  # W_hh
+        (0, _row_start(inputs + 1, inputs)),  # b_ih: dW_in's last column
+        (0, _row_start(inputs + 1, inputs)),  # b_hh: the same
+        (2, _offset(0)),  # head weight: d_head[:H]
+        (2, _offset(hidden)),  # head bias: d_head[H]
+    ]
+    return results, [d_w_in, d_w_hh, d_head], sources
