@@ -6,7 +6,7 @@ import numpy as np
 from tinygrad import Tensor, TinyJit
 
 from spiralctl.data import LABELS, padded_batches
-from spiralctl.model import SpiralClassifier
+from spiralctl.model import SpiralClassifier, packed_length
 from spiralctl.staging import download, staging_tensor, upload
 
 
@@ -32,8 +32,13 @@ class Predictor:
         """The jitted forward pass for this shape and the input buffer it reads."""
         key = (batch, length)
         if key not in self._jits:
-            self._inputs[key] = staging_tensor((batch, length, 2), self.model.device)
-            self._jits[key] = TinyJit(lambda x: self.model(x).realize())
+            size = packed_length(batch, length, self.model.config.input_size)
+            self._inputs[key] = staging_tensor((1, size), self.model.device)
+
+            def forward(packed: Tensor) -> Tensor:
+                return self.model.logits_packed(packed, batch, length).realize()
+
+            self._jits[key] = TinyJit(forward)
         return self._jits[key], self._inputs[key]
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -41,10 +46,12 @@ class Predictor:
         n, length = x.shape[0], x.shape[1]
         batch = min(self.batch_size, n)
         forward, staged = self._forward(batch, length)
+        packed = np.zeros(staged.shape[1], dtype=np.float32)
         out = np.empty(n, dtype=np.float32)
         done = 0
         for index, count in padded_batches(n, batch):
-            out[done : done + count] = download(forward(upload(staged, x[index])))[:count]
+            packed[: x[index].size] = x[index].reshape(-1)
+            out[done : done + count] = download(forward(upload(staged, packed)))[:count]
             done += count
         return out
 

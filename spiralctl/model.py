@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from tinygrad import Tensor
 
-from spiralctl.lstm import lstm
+from spiralctl.lstm import lstm, sequence_forward
 
 # PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
 PARAMETER_NAMES = (
@@ -35,6 +35,13 @@ class ModelConfig:
             "head.weight": (1, h),
             "head.bias": (1,),
         }
+
+
+def packed_length(batch: int, steps: int, inputs: int = 2) -> int:
+    """Floats in one training step's upload: the sequences [B, T, D], the labels [B], the mask [B]
+    and Adam's three step numbers. Inference stages its sequences in a buffer of the same size,
+    so validation during training runs the forward kernel the training step compiled."""
+    return batch * steps * inputs + 2 * batch + 3
 
 
 def init_parameters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -71,6 +78,14 @@ class SpiralClassifier:
             impl=impl,
         )
         return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
+
+    def logits_packed(self, packed: Tensor, batch: int, steps: int) -> Tensor:
+        """Logits of the `batch` sequences of `steps` points at the start of packed's buffer
+        ([1, packed_length(batch, steps)]): the fused forward kernel and the head."""
+        p = self.parameters
+        w_ih, w_hh, b_ih, b_hh = (p[name] for name in PARAMETER_NAMES[:4])
+        hs = sequence_forward(packed, w_ih, b_ih, b_hh, w_hh, batch, steps)[0]
+        return (hs[steps, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: t.numpy() for name, t in self.parameters.items()}
