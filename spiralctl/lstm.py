@@ -5,9 +5,11 @@ return the last hidden state h_T: [B, H].
 
 The fused path runs the whole time loop in one custom kernel (batch in
 parallel, time sequential) and the whole backward pass through time in a
-second one, joined by `grad_fxn`, so a training step has a handful of kernels
-whatever the sequence length. Its buffers are batch-last, ([T, H, B]), so the
-innermost index runs over the batch.
+second one, with both weight gradients in a third; `grad_fxn` joins them to
+tinygrad's autograd, so `lstm()` works like any tinygrad function. Training
+calls the same kernels directly (`sequence_forward`, `sequence_backward`, see
+spiralctl/step.py). Buffers are batch-last ([T, H, B]), so the innermost index
+runs over the batch.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ def upload(tensor: Tensor, array: np.ndarray) -> Tensor:
     data = np.ascontiguousarray(array, dtype=np.float32)
     if data.size != buffer.size:
         raise ValueError(f"upload of {data.size} values into a buffer of {buffer.size}")
+    if hasattr(buffer.allocator, "_as_buffer"):
+        # device memory the host can address (the CPU device): once the device is idle, write
+        # into it directly (about 30 microseconds for a seed-sized batch; a scheduled copy: 700)
+        view = buffer.as_memoryview(allow_zero_copy=True)
+        if not view.readonly:
+            np.frombuffer(view, dtype=np.float32, count=buffer.size)[:] = data.reshape(-1)
+            return tensor
     buffer.copy_from(Buffer("PYTHON", buffer.size, buffer.dtype, opaque=memoryview(data).cast("B")))
     return tensor
 
