@@ -82,7 +82,7 @@ class _Loops:
     def __init__(self, batch: int) -> None:
         self.lanes = _lanes(batch)
         self._ids = itertools.count()
-        self.outer = self.range(batch // self.lanes)
+        self.outer = self.range(batch // self.lanes, AxisType.GLOBAL)
 
     def range(self, size: int, axis: AxisType = AxisType.WEAK) -> UOp:
         return UOp.range(size, next(self._ids), axis)
@@ -223,19 +223,20 @@ def _backward_kernel(
     return done.end(r).end(loops.outer).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
 
 
-def _batch_dot(ids: itertools.count, out: UOp, partial: UOp, a: UOp, b_in: UOp) -> UOp:
-    """out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b]; a: [T, J, B], b_in: [T', K, B].
+def _batch_dot(ids: itertools.count, j: UOp, out: UOp, partial: UOp, a: UOp, b_in: UOp) -> UOp:
+    """Row j of out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b]; a: [T, J, B],
+    b_in: [T', K, B].
 
     Each of the L lanes of partial[j, k, :] sums every L-th batch column (clang vectorises
     that), then the lanes are added up: a weight gradient over all time steps at once.
     """
-    steps, rows, batch = a.shape
+    steps, _, batch = a.shape
     cols, lanes = b_in.shape[1], partial.shape[2]
 
     def rng(size: int, axis: AxisType = AxisType.WEAK) -> UOp:
         return UOp.range(size, next(ids), axis)
 
-    j, k = rng(rows), rng(cols)
+    k = rng(cols)
     li = rng(lanes)
     acc = partial.after(partial[j, k, li].store(0.0).end(li).end(k))
     # the columns k innermost (before the lanes): their running sums are independent
@@ -250,16 +251,22 @@ def _batch_dot(ids: itertools.count, out: UOp, partial: UOp, a: UOp, b_in: UOp) 
     total = total.after(acc, k)[0].set(0.0)
     li = rng(lanes, AxisType.REDUCE)
     total = total[0].set(total.after(li)[0] + acc[j, k, li], end=li)
-    return out[j, k].store(total[0]).end(k).end(j)
+    return out[j, k].store(total[0]).end(k)
 
 
 def _weight_gradient_kernel(
     d_w_hh: UOp, partial_hh: UOp, d_w_in: UOp, partial_in: UOp, dz: UOp, hs: UOp, xa: UOp
 ) -> UOp:
-    """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b."""
+    """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b.
+
+    The gate rows j are the outermost (GLOBAL) loop: each row is independent work, split
+    between cores (spiralctl/threads.py)."""
     ids = itertools.count()
-    both = UOp.group(_batch_dot(ids, d_w_hh, partial_hh, dz, hs), _batch_dot(ids, d_w_in, partial_in, dz, xa))
-    return both.sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
+    j = UOp.range(dz.shape[1], next(ids), AxisType.GLOBAL)
+    both = UOp.group(
+        _batch_dot(ids, j, d_w_hh, partial_hh, dz, hs), _batch_dot(ids, j, d_w_in, partial_in, dz, xa)
+    )
+    return both.end(j).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
 
 
 def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:

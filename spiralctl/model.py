@@ -8,6 +8,7 @@ import numpy as np
 from tinygrad import Tensor
 
 from spiralctl.lstm import lstm, sequence_forward
+from spiralctl.threads import use_cpu_threads
 
 # PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
 PARAMETER_NAMES = (
@@ -63,6 +64,8 @@ class SpiralClassifier:
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], device: str) -> None:
         self.config = config
         self.device = device
+        # on the CPU, the fused kernels' independent slices run on every core
+        self.threads = use_cpu_threads() if device.split(":")[0].upper() == "CPU" else 1
         self.parameters = {
             name: Tensor(weights[name], device=device).contiguous().realize() for name in PARAMETER_NAMES
         }

@@ -334,6 +334,7 @@ def fit(
             "train": n,
             "val": len(val),
             "device": device,
+            "threads": model.threads,
             "run_dir": str(run_dir),
             "config": asdict(config),
             "data": data_source,

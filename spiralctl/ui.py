@@ -90,8 +90,10 @@ class TrainProgress:
     def _start(self, info: dict) -> None:
         remaining = info["epochs"] - info["start_epoch"]
         self.first_epoch = info["start_epoch"] + 1
+        threads = info.get("threads", 1)
+        device = f"{info['device']} ({threads} threads)" if threads > 1 else info["device"]
         self.console.print(
-            f"training on {info['device']}: {info['train']} sequences, validating on {info['val']}, "
+            f"training on {device}: {info['train']} sequences, validating on {info['val']}, "
             f"epochs {info['start_epoch'] + 1}-{info['epochs']} -> {info['run_dir']}",
             markup=False,
         )
