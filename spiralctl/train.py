@@ -163,9 +163,11 @@ class Trainer:
         for step in range(packed.shape[0]):
             row = packed if packed.shape[0] == 1 else packed[step : step + 1].contiguous()
             result, grads, sources = step_gradients(row, parameters, batch, steps, size // (batch * steps))
-            Tensor.realize(result, *grads)  # the gradients read the old parameters: finish them first
+            # one schedule: Adam needs every gradient, so it runs after all the kernels that read
+            # the old parameters, and the five kernels compile together
+            updated = self.optimizer.update(grads, sources, row, offset=size + 2 * batch)
+            Tensor.realize(result, *updated)
             results.append(result)
-            Tensor.realize(*self.optimizer.update(grads, sources, row, offset=size + 2 * batch))
         return results[0] if len(results) == 1 else results[0].cat(*results[1:]).realize()
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
