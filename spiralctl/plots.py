@@ -65,7 +65,18 @@ def _curves(history: list[dict], path: Path, key: str, title: str, best_epoch: i
     axes.set_ylabel(key)
     axes.set_title(title)
     if key == "loss" and all(m.get("train_loss", 1) > 0 and m.get("val_loss", 1) > 0 for m in history):
+        from matplotlib.ticker import LogFormatterSciNotation
+
+        class Plain(LogFormatterSciNotation):
+            """The ticks matplotlib labels, written 0.6 and 0.02 rather than 6x10^-1 (narrow
+            enough for the fixed left margin)."""
+
+            def __call__(self, x, pos=None):
+                return f"{x:g}" if super().__call__(x, pos) else ""
+
         axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(Plain())
+        axes.yaxis.set_minor_formatter(Plain(labelOnlyBase=False))
     if key == "accuracy":
         axes.set_ylim(min(0.4, *(m.get("val_accuracy", 1) for m in history)) - 0.02, 1.02)
     axes.grid(alpha=0.3)
