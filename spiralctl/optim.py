@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 from tinygrad import Tensor, UOp
-from tinygrad.uop.ops import KernelInfo
+from tinygrad.uop.ops import AxisType, KernelInfo
 
 from spiralctl.staging import staging_tensor, upload
 
@@ -37,7 +37,9 @@ def _adam_kernel(*buffers: UOp, count: int, sources: tuple, offset: int) -> UOp:
     updates = []
     for p, m, v, (g, index) in zip(params, exp_avg, exp_avg_sq, sources):
         p, m, v, g = p.flatten(), m.flatten(), v.flatten(), grads[g].flatten()
-        i = UOp.range(p.numel(), next(ids))
+        # LOOP: a WEAK loop would become part of a GPU launch grid shared by all the parameters'
+        # loops, and each update would run once per thread of it
+        i = UOp.range(p.numel(), next(ids), AxisType.LOOP)
         grad = g[index(i)]
         m_new = m[i] * b1 + grad * (1 - b1)
         v_new = v[i] * b2 + grad * grad * (1 - b2)

@@ -47,7 +47,9 @@ def _head_kernel(
     packed = packed.flatten()
     ids = itertools.count()
 
-    def rng(size: int, axis: AxisType = AxisType.WEAK) -> UOp:
+    # LOOP, not WEAK: on GPUs tinygrad turns a kernel's outermost WEAK loops into the launch
+    # grid, and every thread of it would then run this whole kernel
+    def rng(size: int, axis: AxisType = AxisType.LOOP) -> UOp:
         return UOp.range(size, next(ids), axis)
 
     def total(size: int, term, *deps: UOp) -> UOp:

@@ -1,0 +1,89 @@
+"""The training step's kernels render for the GPU backends, with the launch grid they need.
+
+No GPU here: each kernel of a training step is captured as tinygrad lowers it for the CPU,
+then generated for CUDA, Metal and AMD (HIP) with tinygrad's own renderers, stopping before
+the vendor compiler. What is checked is the parallel structure: the forward and backward
+kernels launch one thread per block of batch columns, the weight gradients one per gate
+row, and the head and Adam, whose loops depend on each other, exactly one. (A loop left to
+tinygrad's default turns into part of the grid on GPUs, which ran Adam's update once per
+thread of a huge grid.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tinygrad.codegen as codegen
+from tinygrad.helpers import Context, Target, ansistrip
+from tinygrad.renderer.cstyle import CUDARenderer, HIPRenderer, MetalRenderer
+from tinygrad.uop.ops import Ops, PatternMatcher, ProgramInfo, UOp, UPat, graph_rewrite
+
+from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
+from spiralctl.train import TrainConfig, Trainer
+
+TARGETS = {
+    "CUDA": (CUDARenderer, Target("CUDA", "CUDA", "sm_90")),
+    "METAL": (MetalRenderer, Target("METAL", "METAL", "Apple9")),
+    "AMD": (HIPRenderer, Target("AMD", "HIP", "gfx1100")),
+}
+# linearize and render, without compiling (the vendor compilers are not installed here)
+RENDER = PatternMatcher(
+    [
+        (UPat(Ops.PROGRAM, src=(UPat(Ops.SINK, name="sink"),), name="prg"), codegen.do_linearize),
+        (UPat(Ops.PROGRAM, src=(UPat(), UPat(Ops.LINEAR, name="lin")), name="prg"), codegen.do_render),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def step_kernels(monkeypatch_module):
+    """The ASTs of one training step's kernels (hidden 8, batch 128 = 8 blocks of 16 columns)."""
+    captured: dict[str, UOp] = {}
+    lower = codegen.do_to_program
+
+    def capture(ast, renderer):
+        program = lower(ast, renderer)
+        captured.setdefault(ansistrip(program.src[0].arg.name), ast)
+        return program
+
+    monkeypatch_module.setattr(codegen, "do_to_program", capture)
+    config = ModelConfig(hidden=8)
+    model = SpiralClassifier(config, init_parameters(config, seed=0), "CPU")
+    trainer = Trainer(model, TrainConfig(hidden=8, batch_size=128))
+    # 7 points: a shape no other test compiles, so the kernels are lowered here
+    x = np.random.default_rng(0).standard_normal((1, 128, 7, 2)).astype(np.float32)
+    with Context(PARALLEL=0):  # lower in this process, where the hook sees it
+        trainer.steps(x, (np.arange(128) % 2).astype(np.float32)[None], np.ones((1, 128), np.float32))
+    return captured
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _render(ast: UOp, backend: str) -> tuple[str, tuple]:
+    cls, target = TARGETS[backend]
+    renderer = cls.__new__(cls)  # without __init__, which loads the vendor compiler
+    renderer.target, renderer.tensor_cores = target, []
+    sink = codegen.full_rewrite_to_sink(ast, renderer, optimize=ast.tag is None)
+    program = UOp(Ops.PROGRAM, src=(sink,), arg=ProgramInfo.from_sink(sink, target))
+    program = graph_rewrite(program, RENDER, ctx=renderer, name="render")
+    return program.src[-1].arg, tuple(program.arg.global_size)
+
+
+@pytest.mark.parametrize("backend", list(TARGETS))
+def test_step_kernels_render_with_their_launch_grid(step_kernels, backend):
+    grids = {
+        "lstm_forward": (8, 1, 1),
+        "lstm_backward": (8, 1, 1),
+        "lstm_weight_grad": (32, 1, 1),
+        "lstm_head": (1, 1, 1),
+        "adam": (1, 1, 1),
+    }
+    assert set(grids) <= set(step_kernels)
+    for name, grid in grids.items():
+        source, global_size = _render(step_kernels[name], backend)
+        assert name in source
+        assert global_size == grid, name
