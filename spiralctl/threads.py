@@ -41,7 +41,7 @@ def thread_count() -> int:
 
 def _threaded_call(original):
     def call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False, timeout=None):
-        slot = self.runtimevars.get("core_id")
+        slot = getattr(self, "runtimevars", {}).get("core_id")
         slices, threads = global_size[0], _state["threads"]
         if slot is None or threads < 2 or slices < 2 or getattr(self, "lvp", False):
             sizes = {"global_size": global_size, "local_size": local_size}
