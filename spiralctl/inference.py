@@ -50,7 +50,8 @@ class Predictor:
         out = np.empty(n, dtype=np.float32)
         done = 0
         for index, count in padded_batches(n, batch):
-            packed[: x[index].size] = x[index].reshape(-1)
+            sequences = x[index].reshape(-1)
+            packed[: sequences.size] = sequences
             out[done : done + count] = download(forward(upload(staged, packed)))[:count]
             done += count
         return out

@@ -285,9 +285,10 @@ def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tenso
 
 
 def sequence_forward(
-    x: Tensor, w_ih: Tensor, b_ih: Tensor, b_hh: Tensor, w_hh: Tensor, batch: int, steps: int, grad_fxn=None
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, batch: int, steps: int, grad_fxn=None
 ) -> list[Tensor]:
-    """The forward kernel over `batch` sequences of `steps` points at the start of x's buffer.
+    """The forward kernel over `batch` sequences of `steps` points at the start of x's buffer
+    (weights in PyTorch's order, as `lstm`).
 
     Returns hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated gates: [T, 4H, B'] and the
     inputs batch-last with a row of ones, xa: [T, D+1, B'] (B' = batch + padding columns).
@@ -351,7 +352,7 @@ def _fused_gradient(grad: UOp, call: UOp) -> tuple:
 def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
     """The same LSTM as `lstm_reference`, as fused kernels (forward, backward, weight gradient)."""
     batch, steps, _ = x.shape
-    hs, *_ = sequence_forward(x.contiguous(), w_ih, b_ih, b_hh, w_hh, batch, steps, grad_fxn=_fused_gradient)
+    hs, *_ = sequence_forward(x.contiguous(), w_ih, w_hh, b_ih, b_hh, batch, steps, grad_fxn=_fused_gradient)
     return hs[steps, :, :batch].permute(1, 0)
 
 

@@ -86,8 +86,7 @@ class SpiralClassifier:
         """Logits of the `batch` sequences of `steps` points at the start of packed's buffer
         ([1, packed_length(batch, steps)]): the fused forward kernel and the head."""
         p = self.parameters
-        w_ih, w_hh, b_ih, b_hh = (p[name] for name in PARAMETER_NAMES[:4])
-        hs = sequence_forward(packed, w_ih, b_ih, b_hh, w_hh, batch, steps)[0]
+        hs = sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, steps)[0]
         return (hs[steps, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -136,7 +136,7 @@ def step_gradients(
     """
     w_ih, w_hh, b_ih, b_hh, w_head, b_head = parameters
     hidden = w_hh.shape[1]
-    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, b_ih, b_hh, w_hh, batch, steps)[:5]
+    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, steps)[:5]
     results, dh_last, d_head = _head(hs, w_head, b_head, packed, batch, batch * steps * inputs)[:3]
     _, d_w_hh, d_w_in = sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
     sources = [

@@ -133,42 +133,40 @@ class Trainer:
         (1 for real rows, 0 for padding) and Adam's three step numbers, flattened into one
         buffer so that one copy uploads it.
         """
-        if self.step_kernels:
-            return self._fused_steps(packed, batch, steps)
-        results = []
         size = packed.shape[1] - 2 * batch - 3
-        for step in range(packed.shape[0]):
-            row = packed[step]
-            x = row[:size].reshape(batch, steps, -1)
-            y, mask, scalars = row[size : size + batch], row[size + batch : size + 2 * batch], row[-3:]
-            self.optimizer.zero_grad()
-            logits = self.model(x, impl=self.impl)
-            loss = (bce_with_logits(logits, y) * mask).sum() / mask.sum()
-            correct = (((logits > 0).float() == y).float() * mask).sum()
-            loss.backward()
-            # the loss and the gradients in one schedule (the forward kernel then runs once),
-            # before the update: the loss reported is this step's
-            result = Tensor.stack(loss, correct)
-            Tensor.realize(result, *(p.grad for p in self.optimizer.params))
-            results.append(result)
-            Tensor.realize(*self.optimizer.step(scalars.contiguous()))
-        return Tensor.stack(*results).realize()
-
-    def _fused_steps(self, packed: Tensor, batch: int, steps: int) -> Tensor:
-        """`_train_steps` as the custom kernels of spiralctl.step: four for the loss and the
-        gradients, one for Adam, all reading the packed rows directly."""
-        size = packed.shape[1] - 2 * batch - 3
-        parameters = [self.model.parameters[name] for name in PARAMETER_NAMES]
-        results = []
-        for step in range(packed.shape[0]):
-            row = packed if packed.shape[0] == 1 else packed[step : step + 1].contiguous()
-            result, grads, sources = step_gradients(row, parameters, batch, steps, size // (batch * steps))
-            # one schedule: Adam needs every gradient, so it runs after all the kernels that read
-            # the old parameters, and the five kernels compile together
-            updated = self.optimizer.update(grads, sources, row, offset=size + 2 * batch)
-            Tensor.realize(result, *updated)
-            results.append(result)
+        one_step = self._kernel_step if self.step_kernels else self._autograd_step
+        rows = (
+            [packed] if packed.shape[0] == 1 else [packed[k : k + 1].contiguous() for k in range(len(packed))]
+        )
+        results = [one_step(row, batch, steps, size) for row in rows]
         return results[0] if len(results) == 1 else results[0].cat(*results[1:]).realize()
+
+    def _kernel_step(self, row: Tensor, batch: int, steps: int, size: int) -> Tensor:
+        """One step as the custom kernels of spiralctl.step (four for the loss and the gradients,
+        one for Adam), all reading the packed row directly. Returns [1, 2]."""
+        parameters = [self.model.parameters[name] for name in PARAMETER_NAMES]
+        result, grads, sources = step_gradients(row, parameters, batch, steps, size // (batch * steps))
+        # one schedule: Adam needs every gradient, so it runs after all the kernels that read
+        # the old parameters, and the five kernels compile together
+        Tensor.realize(result, *self.optimizer.update(grads, sources, row, offset=size + 2 * batch))
+        return result
+
+    def _autograd_step(self, row: Tensor, batch: int, steps: int, size: int) -> Tensor:
+        """One step through tinygrad's autograd (the model's `impl` LSTM). Returns [1, 2]."""
+        flat = row.reshape(-1)
+        x = flat[:size].reshape(batch, steps, -1)
+        y, mask, scalars = flat[size : size + batch], flat[size + batch : size + 2 * batch], flat[-3:]
+        self.optimizer.zero_grad()
+        logits = self.model(x, impl=self.impl)
+        loss = (bce_with_logits(logits, y) * mask).sum() / mask.sum()
+        correct = (((logits > 0).float() == y).float() * mask).sum()
+        loss.backward()
+        # the loss and the gradients in one schedule (the forward kernel then runs once),
+        # before the update: the loss reported is this step's
+        result = Tensor.stack(loss, correct).reshape(1, 2)
+        Tensor.realize(result, *(p.grad for p in self.optimizer.params))
+        Tensor.realize(*self.optimizer.step(scalars))
+        return result
 
     def steps(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """x: [K, B, T, D], y and mask: [K, B]. Uploads once, runs K steps, reads the results once.
