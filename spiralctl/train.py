@@ -135,9 +135,8 @@ class Trainer:
         """
         size = packed.shape[1] - 2 * batch - 3
         one_step = self._kernel_step if self.step_kernels else self._autograd_step
-        rows = (
-            [packed] if packed.shape[0] == 1 else [packed[k : k + 1].contiguous() for k in range(len(packed))]
-        )
+        count = packed.shape[0]
+        rows = [packed] if count == 1 else [packed[k : k + 1].contiguous() for k in range(count)]
         results = [one_step(row, batch, steps, size) for row in rows]
         return results[0] if len(results) == 1 else results[0].cat(*results[1:]).realize()
 
