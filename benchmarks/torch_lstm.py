@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spiralctl.data import load_split, padded_batches
-from spiralctl.train import epoch_order
+from spiralctl.trainer import epoch_order
 
 
 def main() -> None:

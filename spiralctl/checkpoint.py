@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from spiralctl import __version__
+from spiralctl.data import LABELS
 from spiralctl.devices import tinygrad_version
 from spiralctl.errors import SpiralError
-from spiralctl.files import read_spiralctl_file, write_safetensors
 from spiralctl.model import PARAMETER_NAMES, ModelConfig
+from spiralctl.storage import read_spiralctl_file, write_safetensors
 
 CHECKPOINT_FORMAT = "spiralctl-checkpoint/1"
 OPTIMIZER_SLOTS = ("exp_avg", "exp_avg_sq")
@@ -42,7 +43,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "epoch": str(checkpoint.epoch),
         "metrics": json.dumps(checkpoint.metrics, sort_keys=True),
         "data_fingerprint": checkpoint.data_fingerprint,
-        "labels": json.dumps(["clockwise", "anticlockwise"]),
+        "labels": json.dumps(list(LABELS)),
         "spiralctl_version": __version__,
         "tinygrad_version": tinygrad_version(),
     }

@@ -4,24 +4,43 @@ from __future__ import annotations
 
 import sys
 import traceback
-from dataclasses import asdict
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
 from typer.core import TyperGroup
 
-from spiralctl import __version__, ui
-from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, SpiralError
-
-# set by the global options for the command being run
-_state: dict = {"debug": False, "stdout": None}
+from spiralctl import __version__, commands, ui
+from spiralctl.config import RUN_OPTIONS, InferenceOptions, TrainConfig, load_run_options
+from spiralctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, SpiralError
+from spiralctl.kernels.workers import stop_compile_workers
 
 # Typer's parsing errors, found through a public class so this works whether Typer
 # uses click or its own copy of it.
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+@dataclass
+class State:
+    """What the global options set for the command being run (the click context's obj)."""
+
+    debug: bool = False
+    stdout: IO[str] | None = None  # the real stdout, while --debug sends tinygrad's lines to stderr
+
+
+def flag(setting: str) -> str:
+    """The option that sets a library setting: batch_size -> --batch-size."""
+    return "--" + setting.replace("_", "-")
+
+
+def error_message(exc: SpiralError) -> str:
+    text = exc.render(flag)
+    if isinstance(exc, Interrupted):
+        text += f"; continue with: spiralctl train --resume {exc.checkpoint} --epochs {exc.epochs}"
+    return text
 
 
 class SpiralGroup(TyperGroup):
@@ -31,38 +50,55 @@ class SpiralGroup(TyperGroup):
         return list(self.commands)  # the order of the journey, not alphabetical
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        _state.update(debug=False, stdout=None)
+        state = State()
         try:
             code = super().main(
                 args=args,
                 prog_name=prog_name or "spiralctl",
                 complete_var=complete_var,
                 standalone_mode=False,
+                obj=state,
                 **extra,
             )
         except SpiralError as exc:
-            if _state["debug"]:
+            if state.debug:
                 traceback.print_exc()
-            ui.error_line(exc.message)
+            ui.error_line(error_message(exc))
             code = exc.exit_code
         except _UsageError as exc:
-            command = exc.ctx.command_path if exc.ctx is not None else "spiralctl"
-            ui.error_line(f"{exc.format_message()} (see `{command} --help`)")
+            if exc.format_message():  # bare `spiralctl` shows the help, with nothing to add
+                command = exc.ctx.command_path if exc.ctx is not None else "spiralctl"
+                # Typer words some conversions as a validation library does: "Value error, ..."
+                text = exc.format_message().replace("Value error, ", "")
+                ui.error_line(f"{text} (see `{command} --help`)")
             code = EXIT_USAGE
         except _ClickException as exc:
             ui.error_line(exc.format_message())
             code = exc.exit_code
-        except (typer.Abort, KeyboardInterrupt):
-            ui.error_line("interrupted")
-            code = EXIT_INTERRUPTED
+        except (typer.Abort, KeyboardInterrupt) as exc:
+            if isinstance(exc, typer.Abort) and not isinstance(exc.__cause__, KeyboardInterrupt):
+                code = _internal_error(exc.__cause__ or exc, state)  # click turns EOFError into Abort
+            else:
+                ui.error_line("interrupted")
+                code = EXIT_INTERRUPTED
+        except BrokenPipeError:  # stdout's reader went away: nothing more to say to it
+            ui.stdout_closed()
+            code = EXIT_OK
         except Exception as exc:  # a bug, not the user's fault: say so, keep the trace for --debug
-            if _state["debug"]:
-                traceback.print_exc()
-            ui.error_line(
-                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            )
-            code = EXIT_FAILURE
+            code = _internal_error(exc, state)
+        finally:
+            stop_compile_workers()
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException, state: State) -> int:
+    if state.debug:
+        traceback.print_exception(exc)
+    ui.error_line(
+        f"internal error: {type(exc).__name__}: {exc} (a bug in spiralctl: please report it; "
+        "rerun with --debug for the traceback)"
+    )
+    return EXIT_INTERNAL
 
 
 app = typer.Typer(
@@ -99,26 +135,26 @@ def _main(
         ),
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    ctx.obj.debug = debug
     if debug:
         import contextlib
 
         from tinygrad.helpers import DEBUG, Context
 
         # tinygrad prints its debug lines to stdout; send them to stderr, keep stdout for results
-        _state["stdout"] = sys.stdout
+        ctx.obj.stdout = sys.stdout
         ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
         ctx.with_resource(Context(DEBUG=max(DEBUG.value, 2)))
 
 
-def _results():
+def _results(ctx: typer.Context):
     """The console for results: stdout (the real one, also under --debug)."""
-    return ui.make_console(file=_state["stdout"])
+    return ui.make_console(file=ctx.find_root().obj.stdout)
 
 
-def _show(result, json_output: bool, render) -> None:
+def _show(ctx: typer.Context, result, json_output: bool, render) -> None:
     """A command's result on stdout: one JSON object, or rendered for people."""
-    console = _results()
+    console = _results(ctx)
     if json_output:
         ui.print_json(console, result)
     else:
@@ -150,14 +186,26 @@ ThresholdOption = Annotated[
     typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
 ]
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace files that exist.", rich_help_panel=OUTPUT)
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)
+]
+CheckpointArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CHECKPOINT", help="A checkpoint from train (best.safetensors, last.safetensors)."
+    ),
 ]
 
 
 @app.command("gen-data")
 def gen_data(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write train/val/test.safetensors into.")],
+    ctx: typer.Context,
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
+    ],
     sequences: Annotated[
         int, typer.Option(help="Sequences in all splits together (even).", rich_help_panel=DATA)
     ] = 1000,
@@ -183,9 +231,7 @@ def gen_data(
     seed: Annotated[
         int, typer.Option(help="Random seed; same arguments, same bytes.", rich_help_panel=DATA)
     ] = 0,
-    force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing files.", rich_help_panel=OUTPUT)
-    ] = False,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Write a spiral dataset (clockwise vs anticlockwise) to OUT_DIR.
@@ -194,7 +240,7 @@ def gen_data(
 
     spiralctl gen-data data/ --test-fraction 0.2
     """
-    from spiralctl.data import DataConfig, generate, save_datasets
+    from spiralctl.data import DataConfig
 
     config = DataConfig(
         sequences=sequences,
@@ -205,21 +251,7 @@ def gen_data(
         test_fraction=test_fraction,
         seed=seed,
     )
-    datasets = generate(config)
-    paths = save_datasets(out_dir, datasets, force=force)
-    rows = [
-        {
-            "split": split,
-            "sequences": len(d),
-            "clockwise": int((d.y == 0).sum()),
-            "anticlockwise": int((d.y == 1).sum()),
-            "length": d.length,
-            "file": str(path),
-        }
-        for (split, d), path in zip(datasets.items(), paths)
-    ]
-    summary = {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
-    _show(summary, json_output, ui.datasets_table)
+    _show(ctx, commands.gen_data(config, out_dir, force=force), json_output, ui.datasets_table)
 
 
 class Schedule(str, Enum):
@@ -227,9 +259,28 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+def _apply_config(ctx: typer.Context, param, path: Path | None) -> Path | None:
+    """--config: the file's options become the defaults, so options given on the command line win
+    (Click's own precedence)."""
+    if path is not None:
+        options = load_run_options(path)
+        ctx.default_map = {**(ctx.default_map or {}), **options}
+    return path
+
+
 @app.command()
 def train(
     ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the options from a run's config.json (repeats that run); "
+            "options given here override the file.",
+            rich_help_panel=RUN,
+            is_eager=True,
+            callback=_apply_config,
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -243,7 +294,10 @@ def train(
     epochs: Annotated[
         int, typer.Option(help="Epochs in total (also when resuming).", rich_help_panel=OPTIMIZE)
     ] = 25,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.", rich_help_panel=OPTIMIZE)] = 128,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Sequences per step (at most the training set's size).", rich_help_panel=OPTIMIZE),
+    ] = 128,
     lr: Annotated[float, typer.Option(help="Adam learning rate.", rich_help_panel=OPTIMIZE)] = 0.01,
     lr_schedule: Annotated[
         Schedule,
@@ -263,24 +317,24 @@ def train(
         int,
         typer.Option(help="Seed for weights, shuffling and the default data.", rich_help_panel=OPTIMIZE),
     ] = 0,
-    config: Annotated[
+    out: Annotated[
         Path | None,
         typer.Option(
-            help="Take the options from a run's config.json (repeats that run); "
-            "options given here override the file.",
+            help="Run folder (default: a new runs/train-N; with --resume: the checkpoint's folder, "
+            "or a new folder to branch into).",
             rich_help_panel=RUN,
         ),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default: a new runs/train-N).", rich_help_panel=RUN)
-    ] = None,
     exist_ok: Annotated[
-        bool, typer.Option("--exist-ok", help="Write into an existing run folder.", rich_help_panel=RUN)
+        bool,
+        typer.Option(
+            "--exist-ok", help="Write into an existing folder that holds no run.", rich_help_panel=RUN
+        ),
     ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run saved in this checkpoint (its folder, data and settings) up to --epochs.",
+            help="Continue the run saved in this checkpoint (its data and settings) up to --epochs.",
             rich_help_panel=RUN,
         ),
     ] = None,
@@ -331,8 +385,8 @@ def train(
     """Train the LSTM classifier; writes checkpoints, metrics and plots to a run folder.
 
     A run folder (runs/train-1, runs/train-2, ...) holds config.json, best.safetensors,
-    last.safetensors, metrics.jsonl, metrics.csv, loss.png and accuracy.png. Ctrl-C saves
-    last.safetensors; --resume continues exactly where it stopped.
+    last.safetensors, metrics.jsonl, metrics.csv, loss.png and accuracy.png. Ctrl-C or SIGTERM
+    saves last.safetensors; --resume continues exactly where it stopped.
 
     **Examples**
 
@@ -344,18 +398,20 @@ def train(
 
     spiralctl train --resume runs/train-3/last.safetensors --epochs 50
     """
-    from spiralctl.train import RUN_OPTIONS, TrainConfig, load_run_options, train_job
-
-    options = {name: ctx.params[name] for name in RUN_OPTIONS}
-    options["lr_schedule"] = lr_schedule.value
-    if config is not None:
-        for name, value in load_run_options(config).items():
-            if ctx.get_parameter_source(name).name in ("DEFAULT", "DEFAULT_MAP"):
-                options[name] = Path(value) if name == "data" and value is not None else value
-    data, device = options.pop("data"), options.pop("device")
+    settings = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=hidden,
+        lr=lr,
+        seed=seed,
+        lr_schedule=lr_schedule.value,
+        patience=patience,
+        save_every=save_every,
+    )
+    given = frozenset(name for name in RUN_OPTIONS if ctx.get_parameter_source(name).name != "DEFAULT")
     json_output = json_output or json_progress
-    console = _results()
-    progress = ui.TrainProgress(ui.make_console(stderr=True), quiet=quiet, verbose=verbose)
+    console = _results(ctx)
+    progress = ui.TrainProgress(ui.make_console(stderr=True), quiet=quiet, verbose=verbose, setting=flag)
 
     def on_progress(event: str, info: dict) -> None:
         progress(event, info)
@@ -363,14 +419,15 @@ def train(
             ui.print_json(console, {"event": "epoch", **info})
 
     try:
-        result = train_job(
-            TrainConfig(**options),
+        result = commands.train(
+            settings,
             data_dir=data,
             out=out,
             exist_ok=exist_ok,
             resume_path=resume,
             device=device,
             plots=plots,
+            given=given,
             on_progress=on_progress,
         )
     finally:
@@ -383,12 +440,18 @@ def train(
         ui.note(f"no loss.png/accuracy.png: {result['plots_unavailable']}")
 
 
+def _inference(device: str, batch_size: int, threshold: float) -> InferenceOptions:
+    return InferenceOptions(device=device, batch_size=batch_size, threshold=threshold)
+
+
 @app.command("eval")
 def evaluate(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint from train (best.safetensors, last.safetensors).")
+    ctx: typer.Context,
+    checkpoint: CheckpointArgument,
+    data: Annotated[
+        Path,
+        typer.Argument(metavar="DATA", help="A dataset file from gen-data (e.g. data/test.safetensors)."),
     ],
-    data: Annotated[Path, typer.Argument(help="A dataset file from gen-data (e.g. data/test.safetensors).")],
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 128,
     threshold: ThresholdOption = 0.5,
@@ -407,23 +470,22 @@ def evaluate(
 
     spiralctl eval runs/train-1/best.safetensors data/test.safetensors
     """
-    from spiralctl.train import check_min_accuracy
-    from spiralctl.train import evaluate as run_eval
-
-    report = run_eval(checkpoint, data, device=device, batch_size=batch_size, threshold=threshold)
-    _show(report, json_output, ui.eval_report)
+    report = commands.evaluate(checkpoint, data, _inference(device, batch_size, threshold))
+    _show(ctx, report, json_output, ui.eval_report)
     if min_accuracy is not None:
-        check_min_accuracy(report, min_accuracy)
+        commands.check_min_accuracy(report, min_accuracy)
 
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from train.")],
+    ctx: typer.Context,
+    checkpoint: CheckpointArgument,
     input: Annotated[
         str,
         typer.Argument(
+            metavar="INPUT",
             help="A dataset .safetensors, a .npy array [T, 2] or [N, T, 2], a CSV with header sequence,x,y, "
-            "a JSON list of [x, y] points (or a list of them), or - for CSV/JSON on stdin."
+            "a JSON list of [x, y] points (or a list of them), or - for CSV/JSON on stdin.",
         ),
     ],
     device: DeviceOption = "auto",
@@ -435,6 +497,7 @@ def predict(
             "--output", "-o", help="Also write the predictions to this CSV file.", rich_help_panel=OUTPUT
         ),
     ] = None,
+    force: ForceOption = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per sequence per line.", rich_help_panel=OUTPUT)
     ] = False,
@@ -445,13 +508,16 @@ def predict(
 
     spiralctl predict runs/train-1/best.safetensors points.csv
     """
-    from spiralctl.inference import predict as run_predict
-    from spiralctl.inputs import write_predictions_csv
+    from spiralctl.inputs import check_output, write_predictions_csv
 
-    rows = run_predict(checkpoint, input, device=device, batch_size=batch_size, threshold=threshold)
+    if output is not None:
+        check_output(output, force)
+    if input == "-" and sys.stdin.isatty():
+        ui.note("reading sequences (CSV or JSON) from the terminal; end with Ctrl-D")
+    rows = commands.predict(checkpoint, input, _inference(device, batch_size, threshold))
     if output is not None:
         write_predictions_csv(output, rows)
-    console = _results()
+    console = _results(ctx)
     if json_output:
         for row in rows:
             ui.print_json(console, row)
@@ -461,10 +527,12 @@ def predict(
 
 @app.command()
 def plot(
+    ctx: typer.Context,
     data: Annotated[
         str,
         typer.Argument(
-            help="Sequences to draw: a dataset .safetensors, or anything predict reads (- for stdin)."
+            metavar="INPUT",
+            help="Sequences to draw: a dataset .safetensors, or anything predict reads (- for stdin).",
         ),
     ],
     out: Annotated[
@@ -481,6 +549,7 @@ def plot(
     ] = 36,
     device: DeviceOption = "auto",
     threshold: ThresholdOption = 0.5,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Draw sequences, coloured by label, or by a model's prediction with mistakes marked.
@@ -494,19 +563,17 @@ def plot(
 
     spiralctl plot data/test.safetensors --checkpoint runs/train-1/best.safetensors -o mistakes.png
     """
-    from spiralctl.plots import plot_sequences
-
-    report = plot_sequences(data, out, checkpoint=checkpoint, device=device, threshold=threshold, limit=limit)
-    _show(report, json_output, ui.plot_report)
+    options = _inference(device, 128, threshold)
+    report = commands.plot(data, out, checkpoint=checkpoint, options=options, limit=limit, force=force)
+    _show(ctx, report, json_output, ui.plot_report)
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint from train.")],
-    out: Annotated[Path, typer.Argument(help="The ONNX file to write (.onnx).")],
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing file.", rich_help_panel=OUTPUT)
-    ] = False,
+    ctx: typer.Context,
+    checkpoint: CheckpointArgument,
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The ONNX file to write (.onnx).")],
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Export a checkpoint to ONNX (the standard LSTM operator, opset 17).
@@ -520,15 +587,13 @@ def export(
 
     spiralctl export runs/train-1/best.safetensors spiral.onnx
     """
-    from spiralctl.export import export_onnx
-
-    report = export_onnx(checkpoint, out, force=force)
-    _show(report, json_output, ui.export_report)
+    _show(ctx, commands.export(checkpoint, out, force=force), json_output, ui.export_report)
 
 
 @app.command()
 def info(
-    file: Annotated[Path, typer.Argument(help="A dataset or checkpoint .safetensors file.")],
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A dataset or checkpoint .safetensors file.")],
     json_output: JsonOption = False,
 ) -> None:
     """Show what a dataset or checkpoint holds: kind, format, tensors, configs, checksum.
@@ -537,23 +602,18 @@ def info(
 
     spiralctl info runs/train-1/best.safetensors
     """
-    from spiralctl.info import describe
-
-    report = describe(file)
-    _show(report, json_output, ui.file_info)
+    _show(ctx, commands.info(file), json_output, ui.file_info)
 
 
 @app.command()
-def devices(json_output: JsonOption = False) -> None:
+def devices(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Show which backends work here, the tinygrad devices behind them, and why not the others.
 
     **Example**
 
     spiralctl devices --json
     """
-    from spiralctl.devices import list_backends
-
-    _show({"devices": [asdict(row) for row in list_backends()]}, json_output, ui.devices_table)
+    _show(ctx, commands.devices(), json_output, ui.devices_table)
 
 
 def main() -> None:

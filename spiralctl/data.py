@@ -11,7 +11,7 @@ import numpy as np
 
 from spiralctl import __version__
 from spiralctl.errors import SpiralError
-from spiralctl.files import read_spiralctl_file, write_safetensors
+from spiralctl.storage import read_spiralctl_file, write_safetensors
 
 DATASET_FORMAT = "spiralctl-dataset/1"
 LABELS = ("clockwise", "anticlockwise")

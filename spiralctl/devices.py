@@ -24,6 +24,18 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
 AUTO_ORDER = ("cuda", "amd", "metal", "cpu")
 
 
+def host_memory_available() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def tinygrad_version() -> str:
     try:
         return version("tinygrad")
@@ -82,6 +94,14 @@ def list_backends() -> list[DeviceStatus]:
     return rows
 
 
+def _known(device: str) -> bool:
+    """Is `device` a tinygrad device name (CPU, CUDA:1, CPU:LLVM, ...)?"""
+    from tinygrad.device import Device
+
+    base = device.split(":")[0].upper()
+    return bool(base) and base in Device._devices and base not in ("DISK", "NPY", "TINYFS")
+
+
 def resolve_device(requested: str = "auto") -> str:
     """Turn `auto`, `cpu`, `cuda`, `amd`, `metal` or a tinygrad device string into a working device."""
     name = requested.strip()
@@ -92,9 +112,17 @@ def resolve_device(requested: str = "auto") -> str:
                 if probe(device)[0]:
                     return device
         raise SpiralError(
-            "--device auto: no usable device found; " + BACKENDS["cpu"][1] + " (see `spiralctl devices`)"
+            "auto: no usable device found; " + BACKENDS["cpu"][1] + " (see `spiralctl devices`)",
+            option="device",
         )
     candidates = BACKENDS[key][0] if key in BACKENDS else (name.upper(),)
+    if key not in BACKENDS and not _known(name):
+        names = ", ".join(["auto", *BACKENDS])
+        raise SpiralError(
+            f"{name or repr(name)} is not a device; use one of {names}, or a tinygrad device such as "
+            "CPU:LLVM (see `spiralctl devices`)",
+            option="device",
+        )
     reasons = []
     for device in candidates:
         ok, reason = probe(device)
@@ -102,5 +130,5 @@ def resolve_device(requested: str = "auto") -> str:
             return device
         reasons.append(f"{device}: {reason}")
     working = [d for b in AUTO_ORDER for d in BACKENDS[b][0] if probe(d)[0]]
-    instead = f"use --device {working[0].lower()}" if working else BACKENDS["cpu"][1]
-    raise SpiralError(f"--device {name} does not work here ({'; '.join(reasons)}); {instead}")
+    instead = f"use {{device}} {working[0].lower()}" if working else BACKENDS["cpu"][1]
+    raise SpiralError(f"{name} does not work here ({'; '.join(reasons)}); {instead}", option="device")

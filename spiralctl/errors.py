@@ -1,20 +1,56 @@
-"""The one kind of error a user should see."""
+"""The one kind of error a user should see, and the exit codes (see the README)."""
 
-# Exit codes (see README): 0 ok, 1 the run failed, 2 bad usage or bad input, 130 interrupted.
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_FAILURE = 1  # the run failed its own criterion: the loss diverged, accuracy below --min-accuracy
+EXIT_USAGE = 2  # bad usage or bad input
+EXIT_INTERNAL = 3  # a bug in spiralctl: please report it
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), after saving a resumable checkpoint
+EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, Slurm, container runtimes), likewise
 
 
 class SpiralError(Exception):
-    """A problem the user can fix: a bad file, a bad option, an unusable device.
+    """A problem the user can fix: a bad file, a bad setting, an unusable device.
 
-    The message names the file or option and says what to do; the CLI prints it
-    as one `error:` line and exits with `exit_code`.
+    The message says what is wrong and what to do, in the library's words: `option` names the
+    setting at fault (e.g. "batch_size") and the message leads with it; other settings it
+    mentions are written {name}. The CLI renders each as its option (`--batch-size`), a library
+    caller sees the plain name.
     """
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE, *, option: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+        self.option = option
+
+    def render(self, name: Callable[[str], str]) -> str:
+        """The message with every setting written as name(setting)."""
+        text = render_settings(self.message, name)
+        return f"{name(self.option)} {text}" if self.option else text
+
+    def __str__(self) -> str:
+        return self.render(lambda setting: setting)
+
+
+_SETTING = re.compile(r"\{([a-z][a-z_]*)\}")
+
+
+def render_settings(text: str, name: Callable[[str], str]) -> str:
+    """`text` with each setting written {setting} replaced by name(setting)."""
+    return _SETTING.sub(lambda m: name(m.group(1)), text)
+
+
+class Interrupted(SpiralError):
+    """Training stopped by a signal after saving `checkpoint`, which resumes it up to `epochs`."""
+
+    def __init__(self, signum: int, where: str, checkpoint: str, epochs: int) -> None:
+        name = signal.Signals(signum).name
+        code = EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
+        super().__init__(f"{name}: stopped {where}; saved {checkpoint}", exit_code=code)
+        self.signum, self.checkpoint, self.epochs = signum, checkpoint, epochs

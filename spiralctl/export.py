@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from spiralctl import __version__
+from spiralctl.checkpoint import Checkpoint
+from spiralctl.data import LABELS
 from spiralctl.errors import SpiralError
-from spiralctl.files import atomic_output
+from spiralctl.storage import atomic_output
 
 INSTALL = 'pip install "spiralctl[onnx]"'
 OPSET = 17
@@ -30,22 +32,23 @@ def onnx_gate_order(array: np.ndarray, hidden: int) -> np.ndarray:
     return np.concatenate([blocks[g] for g in _TORCH_TO_ONNX_GATES])
 
 
-def export_onnx(checkpoint_path: Path, out: Path, force: bool = False) -> dict:
-    """Write `out` (.onnx) from a checkpoint; returns what was written."""
-    from spiralctl.checkpoint import load_checkpoint
-
-    out = Path(out)
+def check_onnx_output(out: Path, force: bool = False) -> None:
+    """Refuse a bad output name, an existing file (unless `force`) and a missing onnx package."""
     if out.suffix.lower() != ".onnx":
         raise SpiralError(f"{out}: give the ONNX file a name ending in .onnx")
     if out.exists() and not force:
-        raise SpiralError(f"{out} exists; pass --force to replace it")
+        raise SpiralError(f"{out} exists; pass {{force}} to replace it")
     try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        import onnx  # noqa: F401
     except ImportError:
         raise SpiralError(f"ONNX export needs the onnx package; install it with: {INSTALL}") from None
 
-    checkpoint = load_checkpoint(checkpoint_path)
+
+def export_onnx(checkpoint: Checkpoint, source: str, out: Path) -> dict:
+    """Write `out` (.onnx) from a checkpoint (read from `source`); returns what was written."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     w, h = checkpoint.weights, checkpoint.model.hidden
     initializers = {
         "W": onnx_gate_order(w["lstm.weight_ih_l0"], h)[None],  # [1, 4H, 2]
@@ -84,10 +87,10 @@ def export_onnx(checkpoint_path: Path, out: Path, force: bool = False) -> dict:
     helper.set_model_props(
         model,
         {
-            "labels": "clockwise,anticlockwise",
+            "labels": ",".join(LABELS),
             "hidden": str(h),
             "epoch": str(checkpoint.epoch),
-            "source": str(checkpoint_path),
+            "source": source,
         },
     )
     onnx.checker.check_model(model, full_check=True)
@@ -95,7 +98,7 @@ def export_onnx(checkpoint_path: Path, out: Path, force: bool = False) -> dict:
     with atomic_output(out) as handle:
         handle.write(data)
     return {
-        "checkpoint": str(checkpoint_path),
+        "checkpoint": source,
         "file": str(out),
         "bytes": len(data),
         "opset": OPSET,

@@ -12,7 +12,7 @@ import numpy as np
 
 from spiralctl.data import load_dataset
 from spiralctl.errors import SpiralError
-from spiralctl.files import atomic_output
+from spiralctl.storage import atomic_output
 
 CSV_HEADER = ["sequence", "x", "y"]
 
@@ -125,11 +125,24 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
     )
 
 
+def check_output(path: Path, force: bool) -> None:
+    """A file spiralctl writes replaces an existing one only with `force` (the rule everywhere)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpiralError(f"{path} is a folder; give a file name", option="output")
+    if path.exists() and not force:
+        raise SpiralError(f"{path} exists; pass {{force}} to replace it", option="output")
+
+
 def write_predictions_csv(path: Path, rows: list[dict]) -> None:
+    """The predictions as CSV: sequence, points, probability, label (and true_label when known)."""
+    columns = ["sequence", "points", "probability", "label"]
+    if rows and "true_label" in rows[0]:
+        columns.append("true_label")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["sequence", "probability", "label"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row[k] for k in ("sequence", "probability", "label")})
+        writer.writerow({k: row[k] for k in columns})
     with atomic_output(Path(path), "w") as handle:
         handle.write(buffer.getvalue())

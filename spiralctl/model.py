@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from tinygrad import Tensor
 
-from spiralctl.lstm import lstm, sequence_forward
-from spiralctl.threads import use_cpu_threads
+from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.lstm import lstm, sequence_forward
 
 # PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
 PARAMETER_NAMES = (
@@ -38,13 +38,6 @@ class ModelConfig:
         }
 
 
-def packed_length(batch: int, steps: int, inputs: int = 2) -> int:
-    """Floats in one training step's upload: the sequences [B, T, D], the labels [B], the mask [B]
-    and Adam's three step numbers. Inference stages its sequences in a buffer of the same size,
-    so validation during training runs the forward kernel the training step compiled."""
-    return batch * steps * inputs + 2 * batch + 3
-
-
 def init_parameters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     """PyTorch's default init (uniform in +-1/sqrt(hidden)), from a numpy generator.
 
@@ -64,8 +57,6 @@ class SpiralClassifier:
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], device: str) -> None:
         self.config = config
         self.device = device
-        # on the CPU, the fused kernels' independent slices run on every core
-        self.threads = use_cpu_threads() if device.split(":")[0].upper() == "CPU" else 1
         self.parameters = {
             name: Tensor(weights[name], device=device).contiguous().realize() for name in PARAMETER_NAMES
         }
@@ -82,12 +73,12 @@ class SpiralClassifier:
         )
         return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
-    def logits_packed(self, packed: Tensor, batch: int, steps: int) -> Tensor:
-        """Logits of the `batch` sequences of `steps` points at the start of packed's buffer
-        ([1, packed_length(batch, steps)]): the fused forward kernel and the head."""
-        p = self.parameters
-        hs = sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, steps)[0]
-        return (hs[steps, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
+    def logits_packed(self, packed: Tensor, layout: PackedBatch) -> Tensor:
+        """Logits of the sequences in a packed batch ([1, layout.size]): the fused forward kernel
+        and the head."""
+        p, batch, length = self.parameters, layout.batch, layout.length
+        hs = sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, length)[0]
+        return (hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: t.numpy() for name, t in self.parameters.items()}

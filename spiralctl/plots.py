@@ -15,7 +15,7 @@ import numpy as np
 
 from spiralctl.data import LABELS
 from spiralctl.errors import SpiralError
-from spiralctl.files import atomic_output
+from spiralctl.storage import atomic_output
 
 INSTALL = 'pip install "spiralctl[plot]"'
 # the colours the terminal tables use for the two classes, and one for mistakes
@@ -27,7 +27,7 @@ class PlotsUnavailable(SpiralError):
     """matplotlib is not installed."""
 
 
-def _figure_class():
+def require_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -36,7 +36,7 @@ def _figure_class():
 
 
 def _figure(width: float, height: float, layout: str | None = "constrained"):
-    return _figure_class()(figsize=(width, height), dpi=100, layout=layout)
+    return require_matplotlib()(figsize=(width, height), dpi=100, layout=layout)
 
 
 def _save(figure, path: Path) -> Path:
@@ -161,41 +161,4 @@ def sequence_plot(
         "sequences": count,
         "coloured_by": what,
         "mistakes": mistakes if checked else None,
-    }
-
-
-def plot_sequences(
-    source: str,
-    out: Path,
-    checkpoint: Path | None = None,
-    device: str = "auto",
-    threshold: float = 0.5,
-    limit: int = 36,
-) -> dict:
-    """What `spiralctl plot` does: the first `limit` sequences of `source` (anything predict
-    reads), coloured by label, or by a checkpoint's predictions with the mistakes marked."""
-    from spiralctl.inference import check_inference_options, classify
-    from spiralctl.inputs import read_sequences
-
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise SpiralError(f"-o {out}: plots are PNG files; give a name ending in .png")
-    if limit < 1:
-        raise SpiralError(f"--limit must be at least 1 (got {limit})")
-    check_inference_options(1, threshold)
-    _figure_class()  # say that matplotlib is missing before reading anything
-    names, sequences, labels = read_sequences(source)
-    total = len(sequences)
-    names, sequences = names[:limit], sequences[:limit]
-    labels = labels[:limit] if labels is not None else None
-    predictions = None
-    if checkpoint is not None:
-        predictions = classify(checkpoint, names, sequences, labels, device, 128, threshold)
-    title = Path(source).name if source != "-" else "stdin"
-    drawn = sequence_plot(sequences, names, out, labels, predictions, title=title)
-    return {
-        **drawn,
-        "source": source,
-        "checkpoint": None if checkpoint is None else str(checkpoint),
-        "total": total,
     }

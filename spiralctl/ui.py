@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -12,17 +14,50 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spiralctl.errors import render_settings
+
 LABEL_STYLE = {"clockwise": "cyan", "anticlockwise": "magenta"}
 
 
+# Output that is not a terminal (a file, a pipe) keeps every value whole: no wrapping at 80 columns.
+PIPE_WIDTH = 10_000
+
+
+def stdout_closed() -> None:
+    """The reader of stdout went away (`| head`): send the rest to /dev/null and carry on, so a
+    training in progress finishes and saves its checkpoints."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        stdout_closed()
+
+
 def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
-    return Console(stderr=stderr, file=file, highlight=False, soft_wrap=True)
+    console = _Console(stderr=stderr, file=file, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPE_WIDTH
+    return console
 
 
 def print_json(console: Console, value: object) -> None:
     """One JSON object on one line, written as plain text (no Rich markup or wrapping)."""
-    console.file.write(json.dumps(value) + "\n")
-    console.file.flush()
+    if console.quiet:
+        return
+    try:
+        console.file.write(json.dumps(value) + "\n")
+        console.file.flush()
+    except BrokenPipeError:
+        console.quiet = True
+        stdout_closed()
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def epoch_line(m: dict) -> str:
@@ -41,18 +76,28 @@ class TrainProgress:
     per epoch. Quiet: nothing. Verbose: also the settings, every step and every file saved.
     """
 
-    def __init__(self, console: Console, quiet: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        console: Console,
+        quiet: bool = False,
+        verbose: bool = False,
+        setting: Callable[[str], str] = str,
+    ) -> None:
         self.console = console
         self.quiet = quiet
         self.verbose = verbose and not quiet
         self.live = console.is_terminal and not quiet
+        self.setting = setting  # how a setting named in a note is written
         self.progress: Progress | None = None
         self.task = None
-        self.val_accuracy = float("nan")
 
     def __call__(self, event: str, info: dict) -> None:
+        if event == "warning":
+            warning(render_settings(info["message"], self.setting))
         if self.quiet:
             return
+        if event == "note":
+            self._line(f"note: {render_settings(info['message'], self.setting)}")
         if event == "start":
             self._start(info)
         elif event == "batch" and self.verbose and self.progress is None:
@@ -65,21 +110,21 @@ class TrainProgress:
             self._line(f"  saved {info['path']} (epoch {info['epoch']})")
         elif event == "early_stop":
             self._line(
-                f"stopping early: no lower validation loss for {info['patience']} epochs "
+                f"stopping early: no lower validation loss for {plural(info['patience'], 'epoch')} "
                 f"(best epoch {info['best_epoch']})"
             )
         elif event == "batch" and self.progress is not None:
             self.progress.update(
                 self.task,
-                completed=(info["epoch"] - self.first_epoch) * info["batches"] + info["batch"],
-                loss=info["loss"],
-                speed=info["sequences_per_second"],
-                description=f"epoch {info['epoch']}",
+                total=info["batches"],
+                completed=info["batch"],
+                loss=f"{info['loss']:.4f}",
+                speed=f"{info['sequences_per_second']:.0f}",
+                description=f"epoch {info['epoch']}/{self.epochs}",
             )
         elif event == "epoch":
-            self.val_accuracy = info["val_accuracy"]
             if self.progress is not None:
-                self.progress.update(self.task, val_accuracy=self.val_accuracy)
+                self.progress.update(self.task, val_accuracy=f"{info['val_accuracy']:.3f}")
                 self.progress.console.print(epoch_line(info))
             else:
                 self.console.print(epoch_line(info), markup=False)
@@ -88,8 +133,7 @@ class TrainProgress:
         (self.progress.console if self.progress is not None else self.console).print(text, markup=False)
 
     def _start(self, info: dict) -> None:
-        remaining = info["epochs"] - info["start_epoch"]
-        self.first_epoch = info["start_epoch"] + 1
+        self.epochs = info["epochs"]
         threads = info.get("threads", 1)
         device = f"{info['device']} ({threads} threads)" if threads > 1 else info["device"]
         self.console.print(
@@ -112,19 +156,19 @@ class TrainProgress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("val acc {task.fields[val_accuracy]:.3f}"),
-            TextColumn("{task.fields[speed]:.0f} seq/s"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("val acc {task.fields[val_accuracy]}"),
+            TextColumn("{task.fields[speed]} seq/s"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
         )
         self.task = self.progress.add_task(
-            "epoch",
-            total=remaining * info["batches"],
-            loss=float("nan"),
-            val_accuracy=float("nan"),
-            speed=0.0,
+            f"epoch {info['start_epoch'] + 1}/{self.epochs}",
+            total=info["batches"],
+            loss="-",
+            val_accuracy="-",
+            speed="-",
         )
         self.progress.start()
 
@@ -298,7 +342,9 @@ def file_info(console: Console, report: dict) -> None:
         classes = ", ".join(f"{n} {name}" for name, n in report["classes"].items())
         summary.add_row("sequences", f"{report['sequences']} of {report['length']} points ({classes})")
     if report["kind"] == "checkpoint":
-        summary.add_row("epoch", str(report["epoch"]))
+        steps = report.get("partial_steps", 0)
+        position = f" finished, and {steps} steps of epoch {report['epoch'] + 1}" if steps else ""
+        summary.add_row("epoch", f"{report['epoch']}{position}")
         summary.add_row("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters")
         summary.add_row("resumable", "yes (optimizer state stored)" if report["resumable"] else "no")
     for key, value in report["metadata"].items():
@@ -326,4 +372,9 @@ def devices_table(console: Console, report: dict) -> None:
 
 def error_line(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def warning(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()

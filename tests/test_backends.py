@@ -18,8 +18,9 @@ from tinygrad.helpers import Context, Target, ansistrip
 from tinygrad.renderer.cstyle import CUDARenderer, HIPRenderer, MetalRenderer
 from tinygrad.uop.ops import Ops, PatternMatcher, ProgramInfo, UOp, UPat, graph_rewrite
 
+from spiralctl.config import TrainConfig
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
-from spiralctl.train import TrainConfig, Trainer
+from spiralctl.trainer import Trainer
 
 TARGETS = {
     "CUDA": (CUDARenderer, Target("CUDA", "CUDA", "sm_90")),
@@ -51,9 +52,9 @@ def step_kernels(monkeypatch_module):
     model = SpiralClassifier(config, init_parameters(config, seed=0), "CPU")
     trainer = Trainer(model, TrainConfig(hidden=8, batch_size=128))
     # 7 points: a shape no other test compiles, so the kernels are lowered here
-    x = np.random.default_rng(0).standard_normal((1, 128, 7, 2)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((128, 7, 2)).astype(np.float32)
     with Context(PARALLEL=0):  # lower in this process, where the hook sees it
-        trainer.steps(x, (np.arange(128) % 2).astype(np.float32)[None], np.ones((1, 128), np.float32))
+        trainer.step(x, (np.arange(128) % 2).astype(np.float32), np.ones(128, np.float32))
     return captured
 
 

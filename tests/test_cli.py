@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from spiralctl import __version__
 from spiralctl.cli import app
-from spiralctl.files import read_safetensors, write_safetensors
+from spiralctl.storage import read_safetensors, write_safetensors
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_predict_inputs(run, trained_run, tmp_path):
     result = run("predict", checkpoint, "mixed.csv", "--output", "out.csv")
     assert result.exit_code == 0
     lines = (tmp_path / "out.csv").read_text().splitlines()
-    assert lines[0] == "sequence,probability,label" and len(lines) == 3
+    assert lines[0] == "sequence,points,probability,label" and len(lines) == 3
 
 
 def test_predict_is_consistent_across_batch_sizes_and_lengths(run, trained_run, small_data):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spiralctl.errors import SpiralError
-from spiralctl.files import atomic_output, read_safetensors, write_safetensors
+from spiralctl.storage import atomic_output, read_safetensors, write_safetensors
 
 
 def _raw(header: dict, data: bytes = b"") -> bytes:

@@ -65,8 +65,8 @@ def test_shell_completion_completes_commands_and_choices():
         }
         result = _run(env=env)
         assert result.returncode == 0 and expected in result.stdout.split(), (words, result)
-    shown = _run("--show-completion", env={**os.environ, "SHELL": "/bin/bash"}).stdout
-    assert "_spiralctl_completion" in shown
+    shown = _run("--show-completion", env={**os.environ, "SHELL": "/bin/bash"})
+    assert "_spiralctl_completion" in shown.stdout, shown
 
 
 @pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")

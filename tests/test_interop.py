@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spiralctl.cli import app
 from spiralctl.data import load_dataset
-from spiralctl.files import read_safetensors
+from spiralctl.storage import read_safetensors
 
 
 def _predict(checkpoint, data) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import lstm_numpy
+from helpers import lstm_numpy
 from tinygrad import Tensor
 
-from spiralctl.lstm import lstm
+from spiralctl.kernels.lstm import lstm
 
 # (batch, steps, hidden): batch 1, two steps, hidden sizes that are not powers of two; two blocks
 # of 16 batch columns with several blocks of gate rows and sums of 4 and 5 terms; and a batch of

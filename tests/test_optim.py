@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Tensor
 
-from spiralctl.optim import BETAS, EPS, FusedAdam, adam_scalars
+from spiralctl.kernels.adam import BETAS, EPS, FusedAdam, adam_scalars
 
 
 def test_fused_adam_matches_numpy_over_several_steps():

@@ -73,7 +73,9 @@ def test_plot_by_label_and_by_prediction(run, small_data, trained_run):
 def test_without_matplotlib(run, small_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    result = run("train", "--data", small_data, "--epochs", 1, "--hidden", 4, "--out", "r")
+    result = run(
+        "train", "--data", small_data, "--epochs", 1, "--hidden", 4, "--batch-size", 32, "--out", "r"
+    )
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note:")]
     install = 'pip install "spiralctl[plot]"'

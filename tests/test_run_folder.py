@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.cli import app
-from spiralctl.train import METRIC_COLUMNS, TrainConfig, train_job
+from spiralctl.config import TrainConfig
+from spiralctl.runs import METRIC_COLUMNS
 
 SMALL = ("--epochs", 2, "--hidden", 4, "--batch-size", 32)
 
@@ -70,8 +72,8 @@ def test_config_json_repeats_the_run_and_options_override_it(run, small_data):
         ("{not json", "not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),
         ('{"epochz": 3}', "unknown option 'epochz'"),
-        ('{"epochs": "three"}', "'epochs' must be a int"),
-        ('{"lr_schedule": "linear"}', "--lr-schedule must be one of constant, cosine"),
+        ('{"epochs": "three"}', "'epochs' must be an int"),
+        ('{"lr_schedule": "linear"}', "'lr_schedule' must be one of constant, cosine"),
     ],
 )
 def test_bad_config_files_get_one_error_line(run, content, text):
@@ -85,9 +87,9 @@ def test_bad_config_files_get_one_error_line(run, content, text):
 
 def test_metrics_files_survive_a_resume(small_data):
     config = TrainConfig(epochs=2, batch_size=32, hidden=4, seed=2)
-    train_job(config, data_dir=small_data, out="r", device="cpu", plots=False)
+    commands.train(config, data_dir=small_data, out="r", device="cpu", plots=False)
     jsonl, table = open("r/metrics.jsonl", "rb").read(), open("r/metrics.csv", "rb").read()
-    train_job(
+    commands.train(
         TrainConfig(epochs=4), resume_path="r/last.safetensors", device="cpu", plots=False
     )  # --data comes from the checkpoint
     new_jsonl, new_table = open("r/metrics.jsonl", "rb").read(), open("r/metrics.csv", "rb").read()
@@ -135,7 +137,7 @@ def test_cosine_schedule_decays_to_zero():
 
 def test_cosine_schedule_in_a_run(small_data):
     config = TrainConfig(epochs=3, batch_size=32, hidden=4, lr_schedule="cosine")
-    result = train_job(config, data_dir=small_data, out="r", device="cpu", plots=False)
+    result = commands.train(config, data_dir=small_data, out="r", device="cpu", plots=False)
     rates = [m["lr"] for m in result["history"]]
     steps = math.ceil(60 / 32)  # 60 training sequences
     assert rates == pytest.approx([config.learning_rate(e * steps, 3 * steps) for e in (1, 2, 3)])
@@ -145,7 +147,7 @@ def test_cosine_schedule_in_a_run(small_data):
 def test_patience_stops_early_and_resume_says_so(small_data):
     # a learning rate this large makes the validation loss jump about: it soon stops improving
     config = TrainConfig(epochs=30, batch_size=32, hidden=4, lr=0.3, patience=2, seed=0)
-    result = train_job(config, data_dir=small_data, out="r", device="cpu", plots=False)
+    result = commands.train(config, data_dir=small_data, out="r", device="cpu", plots=False)
     assert result["stopped_early"] and result["epochs_run"] < 30
     history = result["history"]
     best = min(history, key=lambda m: m["val_loss"])
@@ -159,10 +161,10 @@ def test_patience_stops_early_and_resume_says_so(small_data):
         name: open(f"r/{name}", "rb").read() for name in ("config.json", "metrics.csv", "last.safetensors")
     }
     with pytest.raises(SpiralError, match="stopped early"):
-        train_job(config, resume_path="r/last.safetensors", device="cpu", plots=False)
+        commands.train(config, resume_path="r/last.safetensors", device="cpu", plots=False)
     assert before == {name: open(f"r/{name}", "rb").read() for name in before}  # nothing touched
     # a larger patience goes on
-    more = train_job(
+    more = commands.train(
         TrainConfig(epochs=history[-1]["epoch"] + 1, patience=0),
         resume_path="r/last.safetensors",
         device="cpu",

@@ -17,11 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
+from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate, save_datasets
-from spiralctl.errors import SpiralError
-from spiralctl.files import read_safetensors, write_safetensors
-from spiralctl.train import TrainConfig, run_lock, train_job
+from spiralctl.errors import Interrupted, SpiralError
+from spiralctl.runs import run_lock
+from spiralctl.storage import read_safetensors, write_safetensors
 
 VALID = None
 
@@ -126,7 +128,7 @@ def test_permissions_as_an_unprivileged_user():
 
 def test_same_seed_same_checkpoint_tensors(tmp_path, small_data):
     for name in ("a", "b"):
-        train_job(
+        commands.train(
             TrainConfig(epochs=2, batch_size=32, hidden=4, seed=5),
             data_dir=small_data,
             out=tmp_path / name,
@@ -144,7 +146,7 @@ def test_a_second_training_on_the_same_folder_is_refused(tmp_path, small_data):
     run.mkdir()
     with run_lock(run):
         with pytest.raises(SpiralError, match="in use"):
-            train_job(
+            commands.train(
                 TrainConfig(epochs=1, batch_size=32, hidden=4),
                 data_dir=small_data,
                 out=run,
@@ -174,60 +176,96 @@ def _spiralctl(*args, **kwargs):
     )
 
 
-def _wait_for_epochs(run: Path, count: int, proc, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    metrics = run / "metrics.jsonl"
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= count:
+def _wait_for_epoch(proc, epoch: int) -> None:
+    """Read the run's --json-progress lines until it reports `epoch` done: the point to act at,
+    as the process itself says it has reached it."""
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("event") == "epoch" and event["epoch"] >= epoch:
             return
-        time.sleep(0.02)
-    raise AssertionError("training did not reach the expected epoch")
+    raise AssertionError(f"training ended before epoch {epoch}: {proc.stderr.read()}")
 
 
-@pytest.fixture(scope="module")
-def straight(many_steps_data, tmp_path_factory) -> Path:
-    """The run the interrupted-and-resumed runs must match, trained in one go."""
-    run = tmp_path_factory.mktemp("straight") / "run"
-    done = _spiralctl("train", "--data", many_steps_data, "--epochs", 3, "--out", run, *TRAIN)
-    assert done.wait(300) == 0, done.stderr.read()
-    return run
+def _train(data, run, epochs, *more, **kwargs):
+    """A training that, at --epochs 1000, is still running whenever a test acts on it."""
+    args = ["train", "--data", data, "--epochs", epochs, "--out", run, "--json-progress", *TRAIN, *more]
+    return _spiralctl(*args, **kwargs)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, many_steps_data, straight, sig):
+def _assert_same_run(a: Path, b: Path) -> None:
+    one, other = load_checkpoint(a / "last.safetensors"), load_checkpoint(b / "last.safetensors")
+    assert one.epoch == other.epoch
+    for name in one.weights:
+        np.testing.assert_array_equal(one.weights[name], other.weights[name])
+    for name in one.optimizer:
+        np.testing.assert_array_equal(one.optimizer[name], other.optimizer[name])
+    epochs = [json.loads(line)["epoch"] for line in (b / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, one.epoch + 1))
 
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_that_resumes_exactly(tmp_path, many_steps_data, sig, code):
     run = tmp_path / "run"
-    proc = _spiralctl("train", "--data", many_steps_data, "--epochs", 3, "--out", run, *TRAIN)
-    _wait_for_epochs(run, 1, proc)
-    time.sleep(0.05)  # land inside epoch 2
+    proc = _train(many_steps_data, run, 1000)
+    _wait_for_epoch(proc, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     message = err.strip().splitlines()[-1]
     assert message.startswith("error: ") and "--resume" in message and "Traceback" not in err
     interrupted = load_checkpoint(run / "last.safetensors")
     assert interrupted.epoch >= 1
-
-    resumed = _spiralctl(
-        "train", "--resume", run / "last.safetensors", "--epochs", 3, "--data", many_steps_data
+    # wherever the signal landed, the resumed run and a straight one to the next epoch agree
+    target = interrupted.epoch + 1
+    resumed = _spiralctl("train", "--resume", run / "last.safetensors", "--epochs", target)
+    straight = _spiralctl(
+        "train", "--data", many_steps_data, "--epochs", target, "--out", run.parent / "straight", *TRAIN
     )
     assert resumed.wait(300) == 0, resumed.stderr.read()
-    a, b = load_checkpoint(straight / "last.safetensors"), load_checkpoint(run / "last.safetensors")
-    for name in a.weights:
-        np.testing.assert_array_equal(a.weights[name], b.weights[name])
-    for name in a.optimizer:
-        np.testing.assert_array_equal(a.optimizer[name], b.optimizer[name])
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    assert straight.wait(300) == 0, straight.stderr.read()
+    _assert_same_run(run.parent / "straight", run)
+
+
+def test_a_signal_inside_an_epoch_resumes_from_that_step(tmp_path, many_steps_data):
+    """The signal arrives at step 5 of epoch 2 (sent from the progress callback, so always there):
+    the checkpoint holds that position and the resumed run matches one straight run."""
+    config = TrainConfig(epochs=3, batch_size=8, hidden=4, seed=3)
+
+    def signal_at_step_5(event: str, info: dict) -> None:
+        if event == "batch" and info["epoch"] == 2 and info["batch"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        commands.train(
+            config, data_dir=many_steps_data, out=tmp_path / "run", device="cpu", on_progress=signal_at_step_5
+        )
+    assert stopped.value.exit_code == 130 and "in epoch 2 after step 5 of 40" in str(stopped.value)
+    interrupted = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert interrupted.epoch == 1 and interrupted.metrics["partial_steps"] == 5
+    commands.train(config, resume_path=tmp_path / "run" / "last.safetensors", device="cpu")
+    commands.train(config, data_dir=many_steps_data, out=tmp_path / "straight", device="cpu")
+    _assert_same_run(tmp_path / "straight", tmp_path / "run")
+
+
+def test_sigterm_to_the_whole_process_group_exits_with_a_resumable_checkpoint(tmp_path, many_steps_data):
+    """What timeout, Slurm and container runtimes do: tinygrad's compile workers get the signal too."""
+    run = tmp_path / "run"
+    proc = _train(many_steps_data, run, 1000, start_new_session=True)
+    _wait_for_epoch(proc, 1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err.strip().splitlines()[-1]
+    assert load_checkpoint(run / "last.safetensors").optimizer  # resumable
 
 
 def test_kill_9_leaves_every_checkpoint_loadable(tmp_path, many_steps_data):
     rng = np.random.default_rng(0)
     for attempt in range(2):
         run = tmp_path / f"run{attempt}"
-        proc = _spiralctl("train", "--data", many_steps_data, "--epochs", 50, "--out", run, *TRAIN)
-        _wait_for_epochs(run, 1, proc)
-        time.sleep(float(rng.uniform(0, 0.5)))
+        proc = _train(many_steps_data, run, 1000)
+        _wait_for_epoch(proc, 1)
+        time.sleep(float(rng.uniform(0, 0.5)))  # a random moment of the run, not a wait for one
         proc.kill()
         proc.wait()
         for name in ("last.safetensors", "best.safetensors"):

@@ -7,11 +7,13 @@ import pytest
 from tinygrad import Tensor
 from tinygrad.runtime.ops_cpu import CPUProgram
 
+from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate
-from spiralctl.lstm import lstm
+from spiralctl.errors import SpiralError
+from spiralctl.kernels.lstm import lstm
+from spiralctl.kernels.threads import available_cores, cpu_threads, thread_count, use_cpu_threads
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
-from spiralctl.threads import available_cores, thread_count, use_cpu_threads
-from spiralctl.train import TrainConfig, Trainer
+from spiralctl.trainer import Trainer
 
 
 @pytest.fixture
@@ -32,10 +34,9 @@ def _train_run(threads):
     data = generate(DataConfig(sequences=60, length=6, seed=2))["train"]
     config = ModelConfig(hidden=6)
     model = SpiralClassifier(config, init_parameters(config, seed=1), "CPU")
-    use_cpu_threads(threads)  # the model turns threads on; keep the count under test
     trainer = Trainer(model, TrainConfig(hidden=6, batch_size=48))
-    mask = np.ones((1, 48), np.float32)
-    results = [trainer.steps(data.x[None, :48], data.y[None, :48], mask) for _ in range(2)]
+    mask = np.ones(48, np.float32)
+    results = [np.array(trainer.step(data.x[:48], data.y[:48], mask)) for _ in range(2)]
     return results, model.state_dict()
 
 
@@ -65,7 +66,29 @@ def test_one_thread_restores_tinygrads_call(restore_threads):
     assert not hasattr(CPUProgram.__call__, "__wrapped__")
 
 
-@pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1), ("", None), ("zero", None), ("0", None)])
+@pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1), ("", None), (" ", None)])
 def test_thread_count_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("SPIRALCTL_THREADS", value)
     assert thread_count() == (expected or available_cores())
+
+
+@pytest.mark.parametrize("value", ["zero", "abc", "0", "-1", "2.5"])
+def test_a_bad_thread_count_is_refused(monkeypatch, run, small_data, trained_run, value):
+    monkeypatch.setenv("SPIRALCTL_THREADS", value)
+    with pytest.raises(SpiralError, match="SPIRALCTL_THREADS"):
+        thread_count()
+    result = run("eval", trained_run / "best.safetensors", small_data / "val.safetensors", "--device", "cpu")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert (
+        result.stderr.startswith("error: SPIRALCTL_THREADS must be a whole number")
+        and repr(value) in result.stderr
+    )
+
+
+def test_threads_are_on_only_inside_their_context(restore_threads):
+    use_cpu_threads(1)
+    with cpu_threads("CPU") as threads:
+        assert threads == thread_count() and hasattr(CPUProgram.__call__, "__wrapped__") == (threads > 1)
+    assert not hasattr(CPUProgram.__call__, "__wrapped__")
+    with cpu_threads("PYTHON") as threads:
+        assert threads == 1 and not hasattr(CPUProgram.__call__, "__wrapped__")

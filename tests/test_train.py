@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
 import pytest
+from helpers import AutogradTrainer
 from tinygrad import Tensor
 
+from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
+from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate, padded_batches, save_datasets
 from spiralctl.errors import SpiralError
-from spiralctl.inference import bce_numpy
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
-from spiralctl.train import TrainConfig, Trainer, epoch_order, next_run_dir, train_job
+from spiralctl.predictor import bce_numpy
+from spiralctl.runs import next_run_dir
+from spiralctl.trainer import Trainer, epoch_order
 
 
 def test_padded_batches_use_every_sequence_once():
@@ -39,8 +44,8 @@ def test_first_step_reports_the_loss_of_its_own_forward_pass():
         expected.append(bce_numpy(logits[:count], y[:count]).mean())
         right = int(((logits[:count] > 0) == (y[:count] == 1)).sum())
         trainer = Trainer(model, TrainConfig(hidden=5, batch_size=16))
-        mask = (np.arange(16) < count).astype(np.float32)[None]
-        loss, correct = trainer.steps(x[None], y[None], mask)[0]
+        mask = (np.arange(16) < count).astype(np.float32)
+        loss, correct = trainer.step(x, y, mask)
         assert loss == pytest.approx(expected[-1], abs=1e-5)
         assert correct == right
 
@@ -63,15 +68,14 @@ def test_step_kernels_match_autograd(batch, steps, hidden, count, reference):
     data = generate(DataConfig(sequences=max(2 * batch, 40), length=steps, seed=1))["train"]
     config = ModelConfig(hidden=hidden)
     weights = init_parameters(config, seed=3)
-    x, y = data.x[:batch][None], data.y[:batch][None]
-    mask = (np.arange(batch) < count).astype(np.float32)[None]
+    x, y = data.x[:batch], data.y[:batch]
+    mask = (np.arange(batch) < count).astype(np.float32)
     runs = []
-    for impl, autograd in (("fused", False), (reference, True)):
+    train_config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.05)
+    for make in (Trainer, functools.partial(AutogradTrainer, impl=reference)):
         model = SpiralClassifier(config, weights, "CPU")
-        train_config = TrainConfig(hidden=hidden, batch_size=batch, lr=0.05)
-        trainer = Trainer(model, train_config, impl=impl, autograd=autograd)
-        assert trainer.step_kernels is not autograd
-        results = np.stack([trainer.steps(x, y, mask)[0] for _ in range(3)])
+        trainer = make(model, train_config)
+        results = np.array([trainer.step(x, y, mask) for _ in range(3)])
         moments = [m.numpy() for m in trainer.optimizer.exp_avg + trainer.optimizer.exp_avg_sq]
         runs.append((results, model.state_dict(), moments))
     (fused, fused_weights, fused_moments), (expected, expected_weights, expected_moments) = runs
@@ -102,14 +106,14 @@ def test_run_folder_holds_checkpoints_and_metrics(trained_run):
 
 def test_resume_is_bit_identical_to_one_run(tmp_path, small_data):
     config = TrainConfig(epochs=3, batch_size=32, hidden=4, seed=2)
-    train_job(config, data_dir=small_data, out=tmp_path / "once", device="cpu")
-    train_job(
+    commands.train(config, data_dir=small_data, out=tmp_path / "once", device="cpu")
+    commands.train(
         TrainConfig(epochs=1, batch_size=32, hidden=4, seed=2),
         data_dir=small_data,
         out=tmp_path / "twice",
         device="cpu",
     )
-    train_job(
+    commands.train(
         TrainConfig(epochs=3),
         data_dir=small_data,
         resume_path=tmp_path / "twice" / "last.safetensors",
@@ -128,7 +132,7 @@ def test_resume_is_bit_identical_to_one_run(tmp_path, small_data):
 
 def test_resume_refuses_other_data_and_finished_runs(tmp_path, small_data, trained_run):
     with pytest.raises(SpiralError, match="already run 2 epochs"):
-        train_job(
+        commands.train(
             TrainConfig(epochs=2),
             data_dir=small_data,
             resume_path=trained_run / "last.safetensors",
@@ -137,7 +141,7 @@ def test_resume_refuses_other_data_and_finished_runs(tmp_path, small_data, train
     other = tmp_path / "other"
     save_datasets(other, generate(DataConfig(sequences=120, length=12, seed=9)))
     with pytest.raises(SpiralError, match="differs"):
-        train_job(
+        commands.train(
             TrainConfig(epochs=5), data_dir=other, resume_path=trained_run / "last.safetensors", device="cpu"
         )
 
@@ -155,14 +159,14 @@ def test_next_run_dir_counts_up(tmp_path):
 
 
 def test_existing_run_folder_needs_exist_ok(small_data, trained_run):
-    with pytest.raises(SpiralError, match="--exist-ok"):
-        train_job(TrainConfig(epochs=1), data_dir=small_data, out=trained_run, device="cpu")
+    with pytest.raises(SpiralError, match="exist_ok"):
+        commands.train(TrainConfig(epochs=1), data_dir=small_data, out=trained_run, device="cpu")
 
 
 def test_diverging_loss_stops_with_exit_code_1(tmp_path, small_data):
     # Adam moves each weight by about lr per step: 1e38 overflows float32 within the first epoch
-    with pytest.raises(SpiralError, match="smaller --lr") as info:
-        train_job(
+    with pytest.raises(SpiralError, match="smaller lr") as info:
+        commands.train(
             TrainConfig(epochs=3, batch_size=32, hidden=4, lr=1e38),
             data_dir=small_data,
             out=tmp_path / "run",

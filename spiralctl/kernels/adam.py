@@ -16,7 +16,7 @@ import numpy as np
 from tinygrad import Tensor, UOp
 from tinygrad.uop.ops import AxisType, KernelInfo
 
-from spiralctl.staging import staging_tensor, upload
+from spiralctl.kernels.staging import staging_tensor, upload
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8

@@ -9,7 +9,8 @@ slices run on separate cores. Each slice writes its own part of every output, so
 result is the same in any order, and bit for bit the same as one thread.
 
 `SPIRALCTL_THREADS=N` sets the number of threads (default: the cores this process may use;
-1 turns the wrapping off).
+1 turns the wrapping off). Nothing is wrapped until a caller asks: `cpu_threads(device)` is the
+context the application layer enters around its work on a device.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import ctypes
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from spiralctl.errors import SpiralError
 
 _lock = threading.Lock()
 _state: dict = {"threads": 1, "pool": None}
@@ -34,9 +39,14 @@ def available_cores() -> int:
 def thread_count() -> int:
     """The number of threads kernels run on (SPIRALCTL_THREADS, else every usable core)."""
     value = os.environ.get("SPIRALCTL_THREADS", "").strip()
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
-    return available_cores()
+    if not value:
+        return available_cores()
+    if not (value.isdigit() and int(value) >= 1):
+        raise SpiralError(
+            f"SPIRALCTL_THREADS must be a whole number of at least 1 (got {value!r}); "
+            "unset it to use every core"
+        )
+    return int(value)
 
 
 def _threaded_call(original):
@@ -83,3 +93,21 @@ def use_cpu_threads(threads: int | None = None) -> int:
         _state["threads"] = threads
         CPUProgram.__call__ = _threaded_call(original) if threads > 1 else original
     return threads
+
+
+def is_cpu(device: str) -> bool:
+    return device.split(":")[0].upper() == "CPU"
+
+
+@contextmanager
+def cpu_threads(device: str) -> Iterator[int]:
+    """While inside, threaded CPU kernels run on thread_count() threads when `device` is the CPU;
+    yields the number of threads kernels on `device` run on. Leaving restores one thread."""
+    if not is_cpu(device):
+        yield 1
+        return
+    threads = use_cpu_threads()
+    try:
+        yield threads
+    finally:
+        use_cpu_threads(1)

@@ -8,7 +8,7 @@ parallel, time sequential) and the whole backward pass through time in a
 second one, with both weight gradients in a third; `grad_fxn` joins them to
 tinygrad's autograd, so `lstm()` works like any tinygrad function. Training
 calls the same kernels directly (`sequence_forward`, `sequence_backward`, see
-spiralctl/step.py). Buffers are batch-last ([T, H, B]), so the innermost index
+spiralctl/kernels/step.py). Buffers are batch-last ([T, H, B]), so the innermost index
 runs over the batch.
 """
 
@@ -260,7 +260,7 @@ def _weight_gradient_kernel(
     """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b.
 
     The gate rows j are the outermost (GLOBAL) loop: each row is independent work, split
-    between cores (spiralctl/threads.py)."""
+    between cores (spiralctl/kernels/threads.py)."""
     ids = itertools.count()
     j = UOp.range(dz.shape[1], next(ids), AxisType.GLOBAL)
     both = UOp.group(

@@ -17,7 +17,8 @@ from tinygrad import Tensor, UOp, dtypes
 from tinygrad.dtype import AddrSpace
 from tinygrad.uop.ops import AxisType, KernelInfo
 
-from spiralctl.lstm import sequence_backward, sequence_forward
+from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.lstm import sequence_backward, sequence_forward
 
 LN2 = 0.6931471805599453
 
@@ -126,18 +127,18 @@ def _offset(first: int):
 
 
 def step_gradients(
-    packed: Tensor, parameters: list[Tensor], batch: int, steps: int, inputs: int
+    packed: Tensor, parameters: list[Tensor], layout: PackedBatch
 ) -> tuple[Tensor, list[Tensor], list[tuple]]:
-    """One step's loss and right answers ([1, 2]) and gradients, from a packed row.
+    """One step's loss and right answers ([1, 2]) and gradients, from a packed batch.
 
-    packed: [1, L] holds the sequences [B, T, D], the labels [B] and the mask [B].
+    packed: [1, layout.size], as `PackedBatch` lays it out.
     parameters: W_ih, W_hh, b_ih, b_hh, head weight, head bias (PyTorch's order).
     Returns (results, gradient buffers, sources for `FusedAdam.update`).
     """
     w_ih, w_hh, b_ih, b_hh, w_head, b_head = parameters
-    hidden = w_hh.shape[1]
-    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, steps)[:5]
-    results, dh_last, d_head = _head(hs, w_head, b_head, packed, batch, batch * steps * inputs)[:3]
+    hidden, inputs, batch = w_hh.shape[1], layout.inputs, layout.batch
+    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, layout.length)[:5]
+    results, dh_last, d_head = _head(hs, w_head, b_head, packed, batch, layout.labels)[:3]
     _, d_w_hh, d_w_in = sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
     sources = [
         (0, _columns(inputs + 1, 0, inputs)),  # W_ih: the first D columns of dW_in
@@ -148,3 +149,10 @@ def step_gradients(
         (2, _offset(hidden)),  # head bias: d_head[H]
     ]
     return results, [d_w_in, d_w_hh, d_head], sources
+
+
+def step_bytes(layout: PackedBatch, hidden: int) -> int:
+    """About how much memory one training step's buffers take (float32)."""
+    batch, steps, inputs = layout.batch + 16, layout.length, layout.inputs
+    per_column = 3 * (steps + 1) * hidden + steps * (hidden + 8 * hidden + inputs + 1)
+    return 4 * (batch * per_column + layout.size)

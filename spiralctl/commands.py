@@ -1,0 +1,422 @@
+"""One function per command, each returning its result as a value.
+
+The CLI parses options, calls one of these and renders what it returns. This is the only
+place that resolves devices, loads checkpoints and switches the CPU kernels' threads on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
+from spiralctl.config import FIXED_ON_RESUME, InferenceOptions, TrainConfig, run_options
+from spiralctl.data import DATASET_FORMAT, LABELS, DataConfig, Dataset, generate, load_dataset, load_split
+from spiralctl.devices import host_memory_available, list_backends, resolve_device
+from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
+from spiralctl.inputs import read_sequences
+from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.step import step_bytes
+from spiralctl.kernels.threads import cpu_threads, is_cpu
+from spiralctl.kernels.workers import start_compile_workers
+from spiralctl.model import SpiralClassifier
+from spiralctl.predictor import Predictor, classification_report, sigmoid
+from spiralctl.runs import (
+    prepare_run_dir,
+    read_metrics,
+    remove_run,
+    resume_history,
+    run_lock,
+    write_config,
+    write_metrics,
+)
+from spiralctl.storage import read_safetensors
+from spiralctl.trainer import Diverged, ProgressCallback, check_resume, fit, no_progress
+
+
+def gen_data(config: DataConfig, out_dir: Path, force: bool = False) -> dict:
+    """Generate a dataset and write its splits into `out_dir`; returns what was written."""
+    from spiralctl.data import save_datasets
+
+    datasets = generate(config)
+    paths = save_datasets(out_dir, datasets, force=force)
+    rows = [
+        {
+            "split": split,
+            "sequences": len(d),
+            "clockwise": int((d.y == 0).sum()),
+            "anticlockwise": int((d.y == 1).sum()),
+            "length": d.length,
+            "file": str(path),
+        }
+        for (split, d), path in zip(datasets.items(), paths)
+    ]
+    return {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
+
+
+def load_model(checkpoint_path: Path, device: str) -> tuple[Checkpoint, SpiralClassifier]:
+    """A checkpoint and its model on a working device."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    return checkpoint, SpiralClassifier(checkpoint.model, checkpoint.weights, resolve_device(device))
+
+
+# ---- train
+
+
+def _resumed_config(config: TrainConfig, resume: Checkpoint, given: frozenset[str]) -> TrainConfig:
+    """`config` with what the checkpoint's run fixed; settings given that differ are an error."""
+    saved = resume.train_config
+    try:
+        fixed = {
+            "batch_size": int(saved["batch_size"]),
+            "hidden": resume.model.hidden,
+            "lr": float(saved["lr"]),
+            "seed": int(saved["seed"]),
+            "lr_schedule": str(saved.get("lr_schedule", "constant")),
+        }
+    except (KeyError, TypeError, ValueError):
+        raise SpiralError("the checkpoint's training config is incomplete", option="resume") from None
+    changed = [name for name in FIXED_ON_RESUME if name in given and getattr(config, name) != fixed[name]]
+    if changed:
+        said = ", ".join(
+            f"{{{name}}} {getattr(config, name)} (the run has {fixed[name]})" for name in changed
+        )
+        raise SpiralError(
+            f"a resumed run keeps the settings it was trained with; cannot change {said}: "
+            "leave them out to continue, or start a new run",
+            option="resume",
+        )
+    return replace(config, **fixed)
+
+
+def _resume_data_dir(resume: Checkpoint) -> Path | None:
+    """The data folder a checkpoint was trained on (None: the generated default)."""
+    source = resume.train_config.get("data", "")
+    return None if not source or source.startswith("generated:") else Path(source)
+
+
+def _training_data(data_dir: Path | None, seed: int) -> tuple[Dataset, Dataset, str, list[str]]:
+    """The train and val splits, a description of where they come from, and warnings."""
+    if data_dir is None:
+        splits = generate(DataConfig(seed=seed))
+        generated = json.dumps(asdict(DataConfig(seed=seed)), sort_keys=True)
+        return splits["train"], splits["val"], f"generated: {generated}", []
+    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+    if train.length != val.length:
+        raise SpiralError(f"{data_dir}: train and val sequences differ in length", option="data")
+    warnings = []
+    if train.fingerprint() == val.fingerprint():
+        warnings.append(
+            f"{data_dir}: train.safetensors and val.safetensors hold the same sequences, so the "
+            "validation scores say nothing about unseen data"
+        )
+    return train, val, str(data_dir), warnings
+
+
+def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainConfig, list[str]]:
+    """Cap the batch at the training set's size (and say so), and refuse a step that cannot fit
+    in memory."""
+    notes = []
+    if config.batch_size > len(train):
+        notes.append(
+            f"{{batch_size}} {config.batch_size} is more than the {len(train)} training sequences; "
+            f"using {len(train)}"
+        )
+        config = replace(config, batch_size=len(train))
+    needed = step_bytes(PackedBatch(config.batch_size, train.length, train.x.shape[2]), config.hidden)
+    available = host_memory_available()
+    if is_cpu(device) and available is not None and needed > available:
+        raise SpiralError(
+            f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
+            f"points needs about {needed / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB is "
+            "available; choose a smaller batch",
+            option="batch_size",
+        )
+    return config, notes
+
+
+def train(
+    config: TrainConfig,
+    *,
+    data_dir: Path | None = None,
+    out: Path | None = None,
+    exist_ok: bool = False,
+    resume_path: Path | None = None,
+    device: str = "auto",
+    plots: bool = True,
+    given: frozenset[str] = frozenset(),
+    on_progress: ProgressCallback = no_progress,
+) -> dict:
+    """What `spiralctl train` does: load or generate data, set up the run folder (config.json,
+    metrics files), fit, draw loss.png and accuracy.png (when matplotlib is there), summarise.
+
+    `given` names the settings the user chose (not defaults): a resume refuses to change any
+    of those its checkpoint fixes. A resume continues in the checkpoint's folder, or branches
+    into `out` when given.
+    """
+    from spiralctl.runs import next_run_dir
+
+    started = time.perf_counter()
+    resume = None
+    if resume_path is not None:
+        resume = load_checkpoint(resume_path)
+        config = _resumed_config(config, resume, given)
+        if data_dir is None:  # the data the run was trained on, as the checkpoint records it
+            data_dir = _resume_data_dir(resume)
+    config.check()
+    if resume is not None:
+        check_resume(config, resume)  # before anything in a run folder is touched
+    tinygrad_device = resolve_device(device)
+    train_set, val_set, source, warnings = _training_data(data_dir, config.seed)
+    for warning in warnings:
+        on_progress("warning", {"message": warning})
+    if resume is not None and resume.data_fingerprint and resume.data_fingerprint != train_set.fingerprint():
+        raise SpiralError(
+            f"{resume_path}: the training data differs from the data this run started on; "
+            "give the same {data} (or none, if the run used the generated default)",
+            option="resume",
+        )
+    config, notes = _fit_batch(config, train_set, tinygrad_device)
+    source_dir = Path(resume_path).parent if resume_path is not None else None
+    run_dir = Path(out) if out is not None else source_dir if source_dir is not None else next_run_dir()
+    continues = source_dir is not None and run_dir.resolve() == source_dir.resolve()
+    history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
+    created = False if continues else prepare_run_dir(run_dir, exist_ok)
+    for note in notes:
+        on_progress("note", {"message": note})
+    with run_lock(run_dir):
+        try:
+            write_config(run_dir, run_options(config, data_dir, device))
+            if not continues or history != read_metrics(run_dir):
+                write_metrics(run_dir, history)
+            with cpu_threads(tinygrad_device) as threads:
+                start_compile_workers()
+                result = fit(
+                    train_set,
+                    val_set,
+                    config,
+                    run_dir,
+                    tinygrad_device,
+                    resume=resume,
+                    data_source=source,
+                    threads=threads,
+                    on_progress=on_progress,
+                )
+        except Diverged as exc:
+            if not continues:
+                remove_run(run_dir, created)
+            last = run_dir / "last.safetensors"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+            raise Diverged(f"{exc.message}; {kept}; try a smaller {{lr}} (now {config.lr})") from None
+        except Interrupted:
+            raise
+        except OSError as exc:  # a full disk, a folder made read-only under the run
+            if not continues:
+                remove_run(run_dir, created)
+            last = run_dir / "last.safetensors"
+            hint = (
+                f"; the last good checkpoint is {last}: continue with {{resume}} {last}"
+                if last.exists()
+                else ""
+            )
+            where = exc.filename or run_dir
+            raise SpiralError(f"cannot write {where}: {exc.strerror}{hint}", exit_code=EXIT_FAILURE) from None
+        except BaseException:
+            if not continues:
+                remove_run(run_dir, created)
+            raise
+    history = read_metrics(run_dir)
+    summary = {
+        "run_dir": str(run_dir),
+        "device": tinygrad_device,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "best": next((m for m in history if m.get("epoch") == result.best_epoch), result.best),
+        "last": result.last,
+        "best_checkpoint": str(run_dir / "best.safetensors"),
+        "last_checkpoint": str(run_dir / "last.safetensors"),
+        "config": str(run_dir / "config.json"),
+        "metrics": str(run_dir / "metrics.csv"),
+        "history": history,
+        "plots": [],
+        "warnings": warnings,
+    }
+    if plots:
+        from spiralctl.plots import PlotsUnavailable, training_plots
+
+        try:
+            summary["plots"] = [str(path) for path in training_plots(history, run_dir)]
+        except PlotsUnavailable as exc:
+            summary["plots_unavailable"] = str(exc)
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+# ---- eval, predict, plot
+
+
+@contextmanager
+def _predictor(model: SpiralClassifier, options: InferenceOptions) -> Iterator[Predictor]:
+    with cpu_threads(model.device):
+        start_compile_workers()
+        yield Predictor(model, options.batch_size)
+
+
+def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions = InferenceOptions()) -> dict:
+    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on a dataset file."""
+    options.check()
+    _, model = load_model(checkpoint_path, options.device)
+    data = load_dataset(data_path)
+    with _predictor(model, options) as predictor:
+        logits = predictor.logits(data.x)
+    report = classification_report(logits, data.y, options.threshold)
+    return {**report, "checkpoint": str(checkpoint_path), "data": str(data_path), "device": model.device}
+
+
+def check_min_accuracy(report: dict, min_accuracy: float) -> None:
+    """For CI pipelines: a run failure (exit 1) when the evaluated accuracy is too low."""
+    if report["accuracy"] < min_accuracy:
+        raise SpiralError(
+            f"accuracy {report['accuracy']:.4f} on {report['data']} is below {{min_accuracy}} {min_accuracy}",
+            exit_code=EXIT_FAILURE,
+        )
+
+
+def classify(
+    checkpoint_path: Path,
+    names: list[str],
+    sequences: list[np.ndarray],
+    labels: np.ndarray | None = None,
+    options: InferenceOptions = InferenceOptions(),
+) -> list[dict]:
+    """One dict per sequence: name, points, probability, label (and true_label when known)."""
+    options.check()
+    _, model = load_model(checkpoint_path, options.device)
+    with _predictor(model, options) as predictor:
+        probability = sigmoid(predictor.logits_ragged(sequences))
+    rows = []
+    for i, (name, seq, p) in enumerate(zip(names, sequences, probability)):
+        row = {"sequence": name, "points": len(seq), "probability": float(p)}
+        row["label"] = LABELS[int(p > options.threshold)]
+        if labels is not None:
+            row["true_label"] = LABELS[int(labels[i])]
+        rows.append(row)
+    return rows
+
+
+def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
+    """Classify every sequence in `source` (see inputs.read_sequences); one dict per sequence."""
+    options.check()
+    names, sequences, labels = read_sequences(source)
+    return classify(checkpoint_path, names, sequences, labels, options)
+
+
+def plot(
+    source: str,
+    out: Path,
+    checkpoint: Path | None = None,
+    options: InferenceOptions = InferenceOptions(),
+    limit: int = 36,
+    force: bool = False,
+) -> dict:
+    """The first `limit` sequences of `source` (anything predict reads) drawn into a PNG, coloured
+    by label, or by a checkpoint's predictions with the mistakes marked."""
+    from spiralctl.plots import require_matplotlib, sequence_plot
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise SpiralError(f"{out}: plots are PNG files; give a name ending in .png", option="output")
+    if out.exists() and not force:
+        raise SpiralError(f"{out} exists; pass {{force}} to replace it", option="output")
+    if limit < 1:
+        raise SpiralError(f"must be at least 1 (got {limit})", option="limit")
+    replace(options, batch_size=1).check()
+    require_matplotlib()  # say that matplotlib is missing before reading anything
+    names, sequences, labels = read_sequences(source)
+    total = len(sequences)
+    names, sequences = names[:limit], sequences[:limit]
+    labels = labels[:limit] if labels is not None else None
+    predictions = None
+    if checkpoint is not None:
+        predictions = classify(checkpoint, names, sequences, labels, options)
+    title = Path(source).name if source != "-" else "stdin"
+    drawn = sequence_plot(sequences, names, out, labels, predictions, title=title)
+    return {
+        **drawn,
+        "source": source,
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "total": total,
+    }
+
+
+# ---- export, info, devices
+
+
+def export(checkpoint_path: Path, out: Path, force: bool = False) -> dict:
+    """Write an ONNX model of a checkpoint; returns what was written."""
+    from spiralctl.export import check_onnx_output, export_onnx
+
+    check_onnx_output(Path(out), force)
+    return export_onnx(load_checkpoint(checkpoint_path), str(checkpoint_path), Path(out))
+
+
+def _parsed(value: str) -> object:
+    """Metadata values are strings; the structured ones hold JSON."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if isinstance(parsed, (dict, list)) else value
+
+
+def info(path: Path) -> dict:
+    """Kind, format, tensors, configs and checksum status of a dataset or checkpoint file.
+
+    The file gets every check that loading it gets; a damaged file raises SpiralError.
+    """
+    path = Path(path)
+    tensors, metadata = read_safetensors(path)  # verifies the stored checksum
+    fmt = metadata.get("format", "")
+    report: dict = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format": fmt or None,
+        "kind": "safetensors",
+        "checksum": "verified" if "checksum" in metadata else "none stored",
+        "tensors": [
+            {"name": name, "dtype": str(array.dtype), "shape": list(array.shape)}
+            for name, array in tensors.items()
+        ],
+        "metadata": {k: _parsed(v) for k, v in metadata.items() if k != "checksum"},
+    }
+    if fmt == DATASET_FORMAT:
+        data = load_dataset(path)
+        counts = np.bincount(data.y, minlength=2)
+        report.update(
+            kind="dataset",
+            sequences=len(data),
+            length=data.length,
+            classes={name: int(counts[i]) for i, name in enumerate(LABELS)},
+        )
+    elif fmt == CHECKPOINT_FORMAT:
+        checkpoint = load_checkpoint(path)
+        report.update(
+            kind="checkpoint",
+            epoch=checkpoint.epoch,
+            partial_steps=int(checkpoint.metrics.get("partial_steps", 0)),
+            hidden=checkpoint.model.hidden,
+            parameters=int(sum(w.size for w in checkpoint.weights.values())),
+            resumable=bool(checkpoint.optimizer),
+        )
+    return report
+
+
+def devices() -> dict:
+    """Every backend, the tinygrad devices behind it, and whether each works here (and why not)."""
+    return {"devices": [asdict(row) for row in list_backends()]}

@@ -1,0 +1,10 @@
+"""Custom tinygrad kernels and what runs them.
+
+lstm      the recurrence: forward and backward through time, weight gradients
+step      one training step: forward, head and loss, backward, weight gradients
+adam      Adam over every parameter in one kernel
+layout    PackedBatch: the one buffer a step or a forward pass uploads
+staging   filling and reading device buffers without tinygrad's scheduler
+threads   the CPU kernels' slices on every core (entered explicitly: cpu_threads)
+workers   tinygrad's compile workers, proof against a process group's SIGTERM
+"""

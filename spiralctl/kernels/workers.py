@@ -1,0 +1,59 @@
+"""tinygrad's compile workers, started so that a signal meant for spiralctl does not break them.
+
+tinygrad compiles kernels in a pool of worker processes that ignore SIGINT but not SIGTERM.
+`timeout`, Slurm and container runtimes send SIGTERM to the whole process group: the workers
+died, a compile in progress waited forever for their answer, and at exit the pool's finalizer
+hung on a lock a dead worker held. Here the same pool is started with workers that ignore
+SIGTERM too (spiralctl itself finishes the step, saves and exits) and that die with their
+parent on Linux, and `stop_compile_workers` ends them without waiting on the pool's locks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import multiprocessing
+import multiprocessing.pool
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def _init_worker() -> None:
+    from tinygrad.engine import worker
+
+    worker._init_worker()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_compile_workers() -> None:
+    """Start tinygrad's worker pool (if it uses one and has none yet) with signal-proof workers."""
+    from tinygrad.engine import worker
+    from tinygrad.helpers import PARALLEL, getenv
+
+    if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
+        return
+    max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
+    worker.worker_pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
+    atexit.register(stop_compile_workers)
+
+
+def stop_compile_workers() -> None:
+    """End the workers at once; safe to call when there are none."""
+    from tinygrad.engine import worker
+
+    pool, worker.worker_pool = worker.worker_pool, None
+    if pool is None:
+        return
+    # the pool's own terminate() first takes a queue lock that a killed worker may hold forever
+    pool._terminate.cancel()
+    pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE  # no replacements
+    for process in pool._pool:
+        process.kill()
+    for process in pool._pool:
+        process.join(timeout=5)

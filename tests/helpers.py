@@ -1,0 +1,80 @@
+"""Helpers the tests share: a float64 numpy LSTM and an autograd training step to hold the kernels to."""
+
+from __future__ import annotations
+
+import numpy as np
+from tinygrad import Tensor
+
+from spiralctl.kernels.adam import adam_scalars
+from spiralctl.trainer import Trainer
+
+
+def lstm_numpy(x, w_ih, w_hh, b_ih, b_hh, grad_h=None):
+    """Reference LSTM in float64 numpy: returns h_T and, given dL/dh_T, the gradients of all inputs."""
+    x, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in (x, w_ih, w_hh, b_ih, b_hh))
+    batch, steps, _ = x.shape
+    hidden = w_hh.shape[1]
+
+    def sigmoid(v):
+        return 1 / (1 + np.exp(-v))
+
+    h = [np.zeros((batch, hidden))]
+    c = [np.zeros((batch, hidden))]
+    gates = []
+    for t in range(steps):
+        z = x[:, t] @ w_ih.T + b_ih + h[-1] @ w_hh.T + b_hh
+        i, f, g, o = np.split(z, 4, axis=1)
+        i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+        c.append(f * c[-1] + i * g)
+        h.append(o * np.tanh(c[-1]))
+        gates.append((i, f, g, o))
+    if grad_h is None:
+        return h[-1]
+    grads = {"x": np.zeros_like(x), "w_ih": np.zeros_like(w_ih), "w_hh": np.zeros_like(w_hh)}
+    grads["b"] = np.zeros_like(b_ih)
+    dh, dc = np.asarray(grad_h, dtype=np.float64), np.zeros((batch, hidden))
+    for t in reversed(range(steps)):
+        i, f, g, o = gates[t]
+        tanh_c = np.tanh(c[t + 1])
+        dc = dc + dh * o * (1 - tanh_c**2)
+        dz = np.concatenate(
+            [dc * g * i * (1 - i), dc * c[t] * f * (1 - f), dc * i * (1 - g**2), dh * tanh_c * o * (1 - o)],
+            axis=1,
+        )
+        grads["x"][:, t] = dz @ w_ih
+        grads["w_ih"] += dz.T @ x[:, t]
+        grads["w_hh"] += dz.T @ h[t]
+        grads["b"] += dz.sum(0)
+        dh, dc = dz @ w_hh, dc * f
+    return h[-1], grads
+
+
+def bce_with_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-sequence binary cross-entropy on logits, stable for large |logits|."""
+    return logits.maximum(0) - logits * targets + (-logits.abs()).exp().add(1).log()
+
+
+class AutogradTrainer(Trainer):
+    """The same training step through tinygrad's autograd (the model's `impl` LSTM and a plain
+    loss) instead of the step kernels: the reference the kernels are tested against."""
+
+    def __init__(self, *args, impl: str = "fused", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+        number = self.step_count + 1
+        scalars = Tensor(adam_scalars(self.learning_rate(number), number), device=self.model.device)
+        xt, yt, mt = (Tensor(a.astype(np.float32), device=self.model.device) for a in (x, y, mask))
+        self.optimizer.zero_grad()
+        logits = self.model(xt, impl=self.impl)
+        loss = (bce_with_logits(logits, yt) * mt).sum() / mt.sum()
+        correct = (((logits > 0).float() == yt).float() * mt).sum()
+        loss.backward()
+        # the loss and the gradients in one schedule, before the update: the loss is this step's
+        result = Tensor.stack(loss, correct)
+        Tensor.realize(result, *(p.grad for p in self.optimizer.params))
+        Tensor.realize(*self.optimizer.step(scalars))
+        self.step_count = number
+        values = result.numpy()
+        return float(values[0]), float(values[1])

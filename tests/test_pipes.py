@@ -1,0 +1,114 @@
+"""The command line in a shell: pipes that close, outputs that are files, odd arguments, bare commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from spiralctl import commands
+from spiralctl.checkpoint import load_checkpoint
+from spiralctl.data import DataConfig, generate, save_datasets
+
+EXE = shutil.which("spiralctl") or os.path.join(os.path.dirname(sys.executable), "spiralctl")
+installed = pytest.mark.skipif(
+    not os.path.exists(EXE), reason="spiralctl is not installed in this environment"
+)
+
+
+def _shell(command: str, **kwargs) -> subprocess.CompletedProcess:
+    """`command` in bash with pipefail, the installed spiralctl first on PATH."""
+    env = {**os.environ, "PATH": os.path.dirname(EXE) + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+@installed
+def test_predict_into_a_pipe_that_closes_early(trained_run, tmp_path):
+    """2000 rows are far more than a pipe holds: head's early exit breaks the pipe mid-output."""
+    save_datasets(tmp_path / "many", generate(DataConfig(sequences=2500, length=6, seed=2)))
+    checkpoint = trained_run / "best.safetensors"
+    result = _shell(f"spiralctl predict {checkpoint} {tmp_path}/many/train.safetensors --json | head -1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["points"] == 6 and result.stderr == ""
+
+
+@installed
+def test_training_goes_on_when_its_progress_pipe_closes(small_data, tmp_path):
+    run = tmp_path / "run"
+    args = f"--data {small_data} --out {run} --epochs 4 --hidden 4 --batch-size 32 --no-plots"
+    result = _shell(f"spiralctl train {args} --json-progress | head -1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epoch"] == 1
+    assert "Traceback" not in result.stderr and "error" not in result.stderr
+    assert load_checkpoint(run / "last.safetensors").epoch == 4
+
+
+def test_bare_spiralctl_shows_help_without_an_empty_error(run):
+    result = run()
+    assert result.exit_code == 2 and "Usage" in result.stdout + result.stderr
+    assert "error:" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("device", ["gpu", "llvm", "", "disk"])
+def test_names_that_are_not_devices(run, trained_run, small_data, device):
+    result = run("eval", trained_run / "best.safetensors", small_data / "val.safetensors", "--device", device)
+    assert result.exit_code == 2 and result.stdout == ""
+    named = device or repr(device)
+    assert result.stderr.startswith(f"error: --device {named} is not a device; use one of auto")
+    assert len(result.stderr.splitlines()) == 1 and "ModuleNotFound" not in result.stderr
+
+
+def test_tables_written_to_a_pipe_keep_every_value_whole(run, trained_run, tmp_path):
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 4) / "checkpoint-with-a-long-name.safetensors"
+    deep.parent.mkdir(parents=True)
+    shutil.copy(trained_run / "best.safetensors", deep)
+    result = run("info", deep)
+    assert result.exit_code == 0 and str(deep) in result.stdout  # one piece, on one line
+
+
+def test_choice_errors_read_as_plain_words(run):
+    result = run("train", "--lr-schedule", "foo")
+    assert result.exit_code == 2 and "Value error" not in result.stderr
+    assert result.stderr.startswith("error: ") and "'foo' is not one of" in result.stderr
+
+
+def test_predict_output_files_follow_the_force_rule(run, trained_run, small_data, tmp_path):
+    checkpoint, data = trained_run / "best.safetensors", small_data / "val.safetensors"
+    out = tmp_path / "predictions.csv"
+    assert run("predict", checkpoint, data, "-o", out).exit_code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "sequence,points,probability,label,true_label" and len(lines) == 31
+    result = run("predict", checkpoint, data, "-o", out)
+    assert result.exit_code == 2 and "--force" in result.stderr and result.stdout == ""
+    assert run("predict", checkpoint, data, "-o", out, "--force").exit_code == 0
+
+
+def test_info_on_a_checkpoint_saved_inside_an_epoch(run, tmp_path, small_data):
+    import signal
+
+    def stop_at_step_1(event: str, info: dict) -> None:
+        if event == "batch" and info["epoch"] == 2 and info["batch"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    from spiralctl.config import TrainConfig
+    from spiralctl.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        config = TrainConfig(epochs=3, batch_size=16, hidden=4)
+        commands.train(
+            config, data_dir=small_data, out=tmp_path / "r", device="cpu", on_progress=stop_at_step_1
+        )
+    result = run("info", tmp_path / "r" / "last.safetensors")
+    assert "1 finished, and 1 steps of epoch 2" in result.stdout
+    assert json.loads(run("info", tmp_path / "r" / "last.safetensors", "--json").stdout)["partial_steps"] == 1

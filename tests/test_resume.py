@@ -1,0 +1,158 @@
+"""Resume and run folders: whose history a resume continues, what it may change, what a failed run leaves."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spiralctl import commands, runs
+from spiralctl.checkpoint import load_checkpoint
+from spiralctl.config import TrainConfig
+from spiralctl.errors import SpiralError
+from spiralctl.runs import read_metrics
+
+SMALL = ["--hidden", "4", "--batch-size", "32", "--seed", "1", "--device", "cpu", "--no-plots"]
+
+
+def _epochs(run_dir: Path) -> list[int]:
+    return [m["epoch"] for m in read_metrics(run_dir)]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def three_epochs(small_data, tmp_path) -> Path:
+    """A 3-epoch run that kept every epoch's checkpoint."""
+    run_dir = tmp_path / "run"
+    config = TrainConfig(epochs=3, batch_size=32, hidden=4, seed=1, save_every=1)
+    commands.train(config, data_dir=small_data, out=run_dir, device="cpu", plots=False)
+    return run_dir
+
+
+def test_resuming_an_older_checkpoint_in_its_folder_is_refused(run, three_epochs):
+    before = _snapshot(three_epochs)
+    result = run("train", "--resume", three_epochs / "epoch-1.safetensors", "--epochs", 4)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: --resume ") and "gone on to epoch 3" in result.stderr
+    assert "--out" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert _snapshot(three_epochs) == before  # history untouched
+
+
+def test_an_older_checkpoint_branches_into_a_new_folder(run, three_epochs, tmp_path):
+    before = _snapshot(three_epochs)
+    branch = tmp_path / "branch"
+    result = run("train", "--resume", three_epochs / "epoch-1.safetensors", "--epochs", 3, "--out", branch)
+    assert result.exit_code == 0, result.stderr
+    assert _snapshot(three_epochs) == before
+    assert _epochs(branch) == [1, 2, 3]
+    assert read_metrics(branch)[0] == read_metrics(three_epochs)[0]  # the shared epoch, copied
+    # the branch retrains epochs 2-3 from epoch 1's state: the same run, bit for bit
+    a, b = load_checkpoint(three_epochs / "last.safetensors"), load_checkpoint(branch / "last.safetensors")
+    for name in a.weights:
+        np.testing.assert_array_equal(a.weights[name], b.weights[name])
+    assert json.loads((branch / "config.json").read_text())["epochs"] == 3
+
+
+def test_a_copied_checkpoint_resumes_in_the_folder_it_is_in(three_epochs, tmp_path):
+    elsewhere = tmp_path / "copy"
+    elsewhere.mkdir()
+    shutil.copy(three_epochs / "last.safetensors", elsewhere / "last.safetensors")
+    commands.train(
+        TrainConfig(epochs=4), resume_path=elsewhere / "last.safetensors", device="cpu", plots=False
+    )
+    assert _epochs(elsewhere) == [3, 4]  # its own epoch (from the checkpoint), then the new one
+    assert (elsewhere / "config.json").exists() and _epochs(three_epochs) == [1, 2, 3]
+
+
+def test_resume_refuses_settings_it_cannot_honour(run, trained_run, tmp_path):
+    trained_run = Path(shutil.copytree(trained_run, tmp_path / "run"))  # a copy: the fixture is shared
+    before = _snapshot(trained_run)
+    args = ["train", "--resume", trained_run / "last.safetensors", "--epochs", 5]
+    result = run(
+        *args, "--hidden", 64, "--lr", 0.5, "--batch-size", 7, "--seed", 9, "--lr-schedule", "cosine"
+    )
+    assert result.exit_code == 2 and result.stdout == ""
+    for option in ("--hidden 64", "--lr 0.5", "--batch-size 7", "--seed 9", "--lr-schedule cosine"):
+        assert option in result.stderr, option
+    assert _snapshot(trained_run) == before
+    # the same values as the run's, and what a resume may change, are fine
+    result = run(*args, "--hidden", 4, "--batch-size", 32, "--patience", 3, "--save-every", 2, "--no-plots")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((trained_run / "config.json").read_text())["save_every"] == 2
+    assert (trained_run / "epoch-4.safetensors").exists() and _epochs(trained_run) == [1, 2, 3, 4, 5]
+
+
+def test_a_run_that_fails_before_any_checkpoint_leaves_nothing(run, small_data, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", "--data", small_data, "--out", out, "--lr", "1e38", "--epochs", 2, *SMALL)
+    assert result.exit_code == 1 and "smaller --lr" in result.stderr
+    assert not out.exists()
+    result = run("train", "--data", small_data, "--out", out, "--epochs", 1, *SMALL)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_a_diverging_loss_is_a_failed_run(small_data, tmp_path):
+    """--lr 1e30 keeps every number finite but the loss astronomic: still a failure, exit code 1."""
+    with pytest.raises(SpiralError, match="diverged") as info:
+        config = TrainConfig(epochs=3, batch_size=32, hidden=4, lr=1e30)
+        commands.train(config, data_dir=small_data, out=tmp_path / "run", device="cpu", plots=False)
+    assert info.value.exit_code == 1 and "smaller lr" in str(info.value)
+
+
+def test_exist_ok_never_replaces_a_trained_run(run, small_data, trained_run):
+    before = _snapshot(trained_run)
+    result = run("train", "--data", small_data, "--out", trained_run, "--exist-ok", *SMALL)
+    assert result.exit_code == 2 and "--resume" in result.stderr and "holds a trained run" in result.stderr
+    assert _snapshot(trained_run) == before
+
+
+def test_a_batch_larger_than_the_data_is_capped(run, small_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", small_data, "--out", out, "--epochs", 1, "--hidden", "4", "--no-plots"]
+    result = run(*args, "--batch-size", 100000, "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == ["note: --batch-size 100000 is more than the 60 training sequences; using 60"]
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 60
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused(run, small_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(commands, "host_memory_available", lambda: 10**6)
+    out = tmp_path / "run"
+    result = run("train", "--data", small_data, "--out", out, "--hidden", 512, "--device", "cpu")
+    assert result.exit_code == 2 and result.stderr.startswith(
+        "error: --batch-size 60: one step at hidden 512"
+    )
+    assert "GiB" in result.stderr and not out.exists()
+
+
+def test_a_full_disk_keeps_the_run_resumable(small_data, tmp_path, monkeypatch):
+    """The disk fills after epoch 2's checkpoint, before its metrics line: the error says how to
+    continue, and the resume restores epoch 2's line from the checkpoint."""
+    append = runs.append_metrics
+
+    def full_at_epoch_2(run_dir, metrics):
+        if metrics["epoch"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.jsonl"))
+        append(run_dir, metrics)
+
+    monkeypatch.setattr("spiralctl.trainer.append_metrics", full_at_epoch_2)
+    config = TrainConfig(epochs=3, batch_size=32, hidden=4, seed=1)
+    out = tmp_path / "run"
+    with pytest.raises(SpiralError) as info:
+        commands.train(config, data_dir=small_data, out=out, device="cpu", plots=False)
+    assert info.value.exit_code == 1
+    message = str(info.value)
+    assert "No space left on device" in message and f"resume {out / 'last.safetensors'}" in message
+    monkeypatch.undo()
+    commands.train(config, resume_path=out / "last.safetensors", device="cpu", plots=False)
+    assert _epochs(out) == [1, 2, 3]
+    csv = (out / "metrics.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in csv[1:]] == [1, 2, 3]
