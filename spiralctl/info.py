@@ -9,7 +9,7 @@ import numpy as np
 
 from spiralctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from spiralctl.data import DATASET_FORMAT, LABELS, load_dataset
-from spiralctl.files import read_safetensors
+from spiralctl.files import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, read_safetensors
 
 
 def _parsed(value: str) -> object:
@@ -34,12 +34,14 @@ def describe(path: Path) -> dict:
         "bytes": path.stat().st_size,
         "format": fmt or None,
         "kind": "safetensors",
-        "checksum": "verified" if "checksum" in metadata else "none stored",
+        "checksum": "verified" if {CHECKSUM_KEY, LEGACY_CHECKSUM_KEY} & set(metadata) else "none stored",
         "tensors": [
             {"name": name, "dtype": str(array.dtype), "shape": list(array.shape)}
             for name, array in tensors.items()
         ],
-        "metadata": {k: _parsed(v) for k, v in metadata.items() if k != "checksum"},
+        "metadata": {
+            k: _parsed(v) for k, v in metadata.items() if k not in (CHECKSUM_KEY, LEGACY_CHECKSUM_KEY)
+        },
     }
     if fmt == DATASET_FORMAT:
         data = load_dataset(path)
