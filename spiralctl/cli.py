@@ -52,17 +52,23 @@ class SpiralGroup(TyperGroup):
         except _ClickException as exc:
             ui.error_line(exc.format_message())
             code = exc.exit_code
-        except (typer.Abort, KeyboardInterrupt):
-            ui.error_line("interrupted")
-            code = EXIT_INTERRUPTED
-        except Exception as exc:  # a bug, not the user's fault: say so, keep the trace for --debug
-            if _state["debug"]:
-                traceback.print_exc()
-            ui.error_line(
-                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            )
-            code = EXIT_FAILURE
+        except (typer.Abort, KeyboardInterrupt) as exc:
+            if isinstance(exc.__cause__, EOFError):  # Click reports an EOFError as an Abort too
+                code = _internal_error(exc.__cause__)
+            else:
+                ui.error_line("interrupted")
+                code = EXIT_INTERRUPTED
+        except Exception as exc:
+            code = _internal_error(exc)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug, not the user's fault: say so, keep the trace for --debug."""
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    ui.error_line(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
+    return EXIT_FAILURE
 
 
 app = typer.Typer(
