@@ -8,6 +8,7 @@ a half-written file under the real name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -78,7 +79,9 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise SpiralError(f"cannot write {path}: {exc.strerror}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            hint = "; free some disk space or write somewhere else" if full else ""
+            raise SpiralError(f"cannot write {path}: {exc.strerror}{hint}") from exc
         raise
     _fsync_folder(folder)
 

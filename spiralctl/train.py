@@ -17,7 +17,7 @@ import numpy as np
 from tinygrad import Tensor, TinyJit
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
-from spiralctl.data import Dataset, padded_batches
+from spiralctl.data import Dataset, check_seed, padded_batches
 from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
 from spiralctl.files import atomic_output
 from spiralctl.inference import Predictor, bce_with_logits, check_inference_options, classification_report
@@ -58,6 +58,7 @@ class TrainConfig:
                 raise SpiralError(f"{option} must be 0 (off) or more (got {value})")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SpiralError(f"--lr must be a positive number (got {self.lr})")
+        check_seed(self.seed)
         if self.lr_schedule not in LR_SCHEDULES:
             raise SpiralError(
                 f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})"
