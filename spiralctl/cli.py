@@ -364,6 +364,9 @@ def train(
     progress = ui.TrainProgress(ui.make_console(stderr=True), quiet=quiet, verbose=verbose)
 
     def on_progress(event: str, info: dict) -> None:
+        if event == "warning":
+            ui.warning(info["message"])
+            return
         progress(event, info)
         if json_progress and event == "epoch":
             ui.print_json(console, {"event": "epoch", **info})

@@ -7,7 +7,7 @@ import json
 import numbers
 import os
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +259,37 @@ def load_split(data_dir: Path, split: str) -> Dataset:
     if not data_dir.is_dir():
         raise SpiralError(f"--data {data_dir} is not a folder; give the folder gen-data wrote")
     return load_dataset(data_dir / f"{split}.safetensors")
+
+
+@dataclass
+class TrainingData:
+    """A data folder's train and val splits, and what looks wrong with them (as messages)."""
+
+    train: Dataset
+    val: Dataset
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_training_data(data_dir: Path) -> TrainingData:
+    """train.safetensors and val.safetensors of `data_dir`, with a warning when validation would
+    measure nothing new: both files hold the same sequences, or one holds another split."""
+    data_dir = Path(data_dir)
+    data = TrainingData(load_split(data_dir, "train"), load_split(data_dir, "val"))
+    train_path, val_path = data_dir / "train.safetensors", data_dir / "val.safetensors"
+    if data.train.fingerprint() == data.val.fingerprint():
+        data.warnings.append(
+            f"{val_path} holds the same sequences as {train_path}, so validation measures nothing "
+            "the training did not see; use the val split gen-data wrote"
+        )
+        return data
+    for split, path in (("train", train_path), ("val", val_path)):
+        recorded = getattr(data, split).metadata.get("split")
+        if recorded in SPLITS and recorded != split:
+            data.warnings.append(
+                f"{path} holds the {recorded} split (its metadata says so), not the {split} split; "
+                f"use the {split}.safetensors that gen-data wrote"
+            )
+    return data
 
 
 def padded_batches(n: int, batch_size: int, order: np.ndarray | None = None):

@@ -537,7 +537,7 @@ def train_job(
     """What `spiralctl train` does: load or generate data, set up the run folder, write its
     config.json, fit, draw loss.png and accuracy.png (when matplotlib is there), summarise."""
     from spiralctl.checkpoint import load_checkpoint
-    from spiralctl.data import DataConfig, generate, load_split
+    from spiralctl.data import DataConfig, generate, load_training_data
     from spiralctl.devices import resolve_device
 
     started = time.perf_counter()
@@ -569,8 +569,12 @@ def train_job(
     if resume is not None:
         check_resume(config, resume)  # before anything in the run folder is touched
     tinygrad_device = resolve_device(device)
+    warnings: list[str] = []
     if data_dir is not None:
-        train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+        data = load_training_data(data_dir)
+        train, val, warnings = data.train, data.val, data.warnings
+        for message in warnings:
+            on_progress("warning", {"message": message})
         if train.length != val.length:
             raise SpiralError(f"--data {data_dir}: train and val sequences differ in length")
         source = str(data_dir)
@@ -614,6 +618,7 @@ def train_job(
         "metrics": str(result.run_dir / "metrics.csv"),
         "history": read_metrics(result.run_dir),
         "plots": [],
+        "warnings": warnings,
     }
     if plots:
         from spiralctl.plots import PlotsUnavailable, training_plots

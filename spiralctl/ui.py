@@ -194,6 +194,12 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
+def warning(message: str) -> None:
+    """Something that looks wrong but does not stop the command, on stderr."""
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
 def plot_report(console: Console, report: dict) -> None:
     colour = "unlabelled" if report["coloured_by"] == "none" else f"coloured by {report['coloured_by']}"
     what = f"{report['sequences']} of {report['total']} sequences, {colour}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from spiralctl.data import (
     DataConfig,
     generate,
     load_dataset,
+    load_training_data,
     save_datasets,
 )
 from spiralctl.errors import SpiralError
@@ -211,3 +214,37 @@ def test_a_full_disk_leaves_an_existing_folder_as_it_was(tmp_path, monkeypatch):
             tmp_path / "data", generate(DataConfig(sequences=20, test_fraction=0.2, seed=1)), force=True
         )
     assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before  # no temporaries
+
+
+def test_a_folder_given_as_data_that_is_not_a_split_of_its_own_gets_a_warning(tmp_path, small_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(small_data / "train.safetensors", data / "train.safetensors")
+    shutil.copy(small_data / "val.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == []
+    shutil.copy(small_data / "test.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == [
+        f"{data}/val.safetensors holds the test split (its metadata says so), not the val split; "
+        "use the val.safetensors that gen-data wrote"
+    ]
+    shutil.copy(small_data / "train.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == [
+        f"{data}/val.safetensors holds the same sequences as {data}/train.safetensors, so validation "
+        "measures nothing the training did not see; use the val split gen-data wrote"
+    ]
+
+
+def test_train_shows_the_warning_on_stderr(tmp_path, small_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.safetensors", "val.safetensors"):
+        shutil.copy(small_data / "train.safetensors", data / name)
+    args = ["train", "--data", data, "--epochs", "1", "--hidden", "4", "--batch-size", "32", "--no-plots"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "-q", "--json"]])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"warning: {data}/val.safetensors holds the same sequences as {data}/train.safetensors, so "
+        "validation measures nothing the training did not see; use the val split gen-data wrote\n"
+    )
+    summary = json.loads(result.stdout)
+    assert summary["warnings"] == [result.stderr[len("warning: ") : -1]]
