@@ -17,8 +17,17 @@ import numpy as np
 
 from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from spiralctl.config import FIXED_ON_RESUME, InferenceOptions, TrainConfig, run_options
-from spiralctl.data import DATASET_FORMAT, LABELS, DataConfig, Dataset, generate, load_dataset, load_split
-from spiralctl.devices import host_memory_available, list_backends, resolve_device
+from spiralctl.data import (
+    DATASET_FORMAT,
+    LABELS,
+    DataConfig,
+    Dataset,
+    available_memory,
+    generate,
+    load_dataset,
+    load_training_data,
+)
+from spiralctl.devices import list_backends, resolve_device
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
 from spiralctl.inputs import read_sequences
 from spiralctl.kernels.layout import PackedBatch
@@ -36,7 +45,7 @@ from spiralctl.runs import (
     write_config,
     write_metrics,
 )
-from spiralctl.storage import read_safetensors
+from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, read_safetensors
 from spiralctl.trainer import Diverged, ProgressCallback, check_resume, fit, no_progress
 
 
@@ -107,15 +116,10 @@ def _training_data(data_dir: Path | None, seed: int) -> tuple[Dataset, Dataset, 
         splits = generate(DataConfig(seed=seed))
         generated = json.dumps(asdict(DataConfig(seed=seed)), sort_keys=True)
         return splits["train"], splits["val"], f"generated: {generated}", []
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
+    data = load_training_data(data_dir)
+    train, val, warnings = data.train, data.val, data.warnings
     if train.length != val.length:
         raise SpiralError(f"{data_dir}: train and val sequences differ in length", option="data")
-    warnings = []
-    if train.fingerprint() == val.fingerprint():
-        warnings.append(
-            f"{data_dir}: train.safetensors and val.safetensors hold the same sequences, so the "
-            "validation scores say nothing about unseen data"
-        )
     return train, val, str(data_dir), warnings
 
 
@@ -130,7 +134,7 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
         )
         config = replace(config, batch_size=len(train))
     needed = step_bytes(PackedBatch(config.batch_size, train.length, train.x.shape[2]), config.hidden)
-    available = host_memory_available()
+    available = available_memory()
     if is_cpu(device) and available is not None and needed > available:
         raise SpiralError(
             f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
@@ -388,12 +392,14 @@ def info(path: Path) -> dict:
         "bytes": path.stat().st_size,
         "format": fmt or None,
         "kind": "safetensors",
-        "checksum": "verified" if "checksum" in metadata else "none stored",
+        "checksum": "verified" if {CHECKSUM_KEY, LEGACY_CHECKSUM_KEY} & set(metadata) else "none stored",
         "tensors": [
             {"name": name, "dtype": str(array.dtype), "shape": list(array.shape)}
             for name, array in tensors.items()
         ],
-        "metadata": {k: _parsed(v) for k, v in metadata.items() if k != "checksum"},
+        "metadata": {
+            k: _parsed(v) for k, v in metadata.items() if k not in (CHECKSUM_KEY, LEGACY_CHECKSUM_KEY)
+        },
     }
     if fmt == DATASET_FORMAT:
         data = load_dataset(path)

@@ -7,15 +7,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from spiralctl.data import check_seed
 from spiralctl.errors import SpiralError
 
 LR_SCHEDULES = ("constant", "cosine")
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed: int) -> None:
-    if not 0 <= seed <= MAX_SEED:
-        raise SpiralError(f"must be between 0 and {MAX_SEED} (got {seed})", option="seed")
 
 
 @dataclass(frozen=True)

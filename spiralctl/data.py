@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import numbers
+import os
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from spiralctl import __version__
 from spiralctl.errors import SpiralError
-from spiralctl.storage import read_spiralctl_file, write_safetensors
+from spiralctl.storage import atomic_output, read_spiralctl_file, write_safetensors_to
 
 DATASET_FORMAT = "spiralctl-dataset/1"
 LABELS = ("clockwise", "anticlockwise")
@@ -20,6 +23,31 @@ SPLITS = ("train", "val", "test")
 
 # MLUtils.Datasets.make_spiral's constants, as the Lux tutorial uses them.
 LUX_A, LUX_THETA, LUX_B = 6.5, 16.0, 104.0
+# Generating takes about this many bytes per point at its peak (float64 angles, coordinates and
+# noise before the float32 result; measured with tracemalloc), and this many per sequence.
+BYTES_PER_POINT, BYTES_PER_SEQUENCE = 40, 256
+GIB = 1024**3
+
+
+def check_seed(seed: object) -> None:
+    """numpy's generators take any whole number from 0 up (of any size), and nothing else."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise SpiralError(f"must be a whole number from 0 up, such as 0 or 42 (got {seed!r})", option="seed")
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -37,31 +65,41 @@ class DataConfig:
     def check(self) -> None:
         if self.sequences < 2 or self.sequences % 2:
             raise SpiralError(
-                f"--sequences must be an even number of at least 2 so that the two classes "
-                f"are balanced (got {self.sequences})"
+                f"must be an even number of at least 2 so that the two classes "
+                f"are balanced (got {self.sequences})",
+                option="sequences",
             )
         if self.length < 2:
-            raise SpiralError(f"--length must be at least 2 points (got {self.length})")
+            raise SpiralError(f"must be at least 2 points (got {self.length})", option="length")
         if not np.isfinite(self.noise) or self.noise < 0:
-            raise SpiralError(f"--noise must be a finite number >= 0 (got {self.noise})")
+            raise SpiralError(f"must be a finite number >= 0 (got {self.noise})", option="noise")
         if self.style not in STYLES:
-            raise SpiralError(f"--style must be one of {', '.join(STYLES)} (got {self.style!r})")
+            raise SpiralError(f"must be one of {', '.join(STYLES)} (got {self.style!r})", option="style")
         if not 0 < self.val_fraction < 1:
-            raise SpiralError(f"--val-fraction must be above 0 and below 1 (got {self.val_fraction})")
+            raise SpiralError(f"must be above 0 and below 1 (got {self.val_fraction})", option="val_fraction")
         if not 0 <= self.test_fraction < 1:
-            raise SpiralError(f"--test-fraction must be at least 0 and below 1 (got {self.test_fraction})")
+            raise SpiralError(
+                f"must be at least 0 and below 1 (got {self.test_fraction})", option="test_fraction"
+            )
+        check_seed(self.seed)
         if self.val_fraction + self.test_fraction >= 1:
             raise SpiralError(
-                f"--val-fraction ({self.val_fraction}) and --test-fraction ({self.test_fraction}) "
-                "must add up to less than 1 so that some sequences are left to train on"
+                f"({self.val_fraction}) and {{test_fraction}} ({self.test_fraction}) "
+                "must add up to less than 1 so that some sequences are left to train on",
+                option="val_fraction",
             )
         counts = self.split_counts()
         empty = [name for name, n in counts.items() if n == 0 and (name != "test" or self.test_fraction > 0)]
         if empty:
             raise SpiralError(
-                f"--sequences {self.sequences} is too few for the fractions given: the "
-                f"{' and '.join(empty)} split would be empty; ask for more sequences"
+                f"{self.sequences} is too few for the fractions given: the "
+                f"{' and '.join(empty)} split would be empty; ask for more sequences",
+                option="sequences",
             )
+
+    def memory_needed(self) -> int:
+        """About the most bytes generating these splits holds at once."""
+        return self.sequences * (self.length * BYTES_PER_POINT + BYTES_PER_SEQUENCE)
 
     def split_counts(self) -> dict[str, int]:
         """Sequences per split; each split holds as many of one class as of the other."""
@@ -120,7 +158,22 @@ def _generate_all(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndar
 def generate(config: DataConfig) -> dict[str, Dataset]:
     """Generate the splits described by `config`; same config, same arrays."""
     config.check()
-    rng = np.random.default_rng(config.seed)
+    needed, available = config.memory_needed(), available_memory()
+    size = f"{{sequences}} {config.sequences} of {{length}} {config.length} need about {needed / GIB:.1f} GiB"
+    if available is not None and needed > available:
+        raise SpiralError(
+            f"{size} of memory to generate but {available / GIB:.1f} GiB is available; "
+            "ask for fewer {sequences} or a shorter {length}"
+        )
+    try:
+        return _split(config, np.random.default_rng(config.seed))
+    except MemoryError:
+        raise SpiralError(
+            f"out of memory: {size} to generate; ask for fewer {{sequences}} or a shorter {{length}}"
+        ) from None
+
+
+def _split(config: DataConfig, rng: np.random.Generator) -> dict[str, Dataset]:
     x, y = _generate_all(config, rng)
     counts = config.split_counts()
     # Stratified split: each class is shuffled and cut the same way, then each split is shuffled.
@@ -152,21 +205,37 @@ def dataset_metadata(config: DataConfig, split: str) -> dict[str, str]:
 
 
 def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = False) -> list[Path]:
-    """Write each split to OUT_DIR/<split>.safetensors; refuse to overwrite unless `force`."""
+    """Write each split to OUT_DIR/<split>.safetensors; refuse to overwrite unless `force`.
+
+    All or nothing: every split goes to a temporary file first and all are renamed at the end, so
+    a failure (a full disk) leaves the files that were there as they were, and removes the
+    folders this call created (when nothing else is in them).
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpiralError(f"{out_dir} exists and is not a folder; choose another output folder")
     paths = {split: out_dir / f"{split}.safetensors" for split in datasets}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not force:
-        raise SpiralError(f"{', '.join(existing)} already exists; pass --force to overwrite")
+        raise SpiralError(f"{', '.join(existing)} already exists; pass {{force}} to overwrite")
+    created = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SpiralError(f"cannot create {out_dir}: {exc.strerror}") from exc
-    for split, path in paths.items():
-        data = datasets[split]
-        write_safetensors(path, {"x": data.x, "y": data.y}, data.metadata)
+    try:
+        with ExitStack() as files:
+            for split, path in paths.items():
+                data = datasets[split]
+                handle = files.enter_context(atomic_output(path))
+                write_safetensors_to(handle, {"x": data.x, "y": data.y}, data.metadata)
+    except BaseException:
+        for folder in created:  # deepest first; rmdir removes only an empty folder
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return list(paths.values())
 
 
@@ -193,8 +262,39 @@ def load_dataset(path: Path) -> Dataset:
 def load_split(data_dir: Path, split: str) -> Dataset:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise SpiralError(f"--data {data_dir} is not a folder; give the folder gen-data wrote")
+        raise SpiralError(f"{data_dir} is not a folder; give the folder gen-data wrote", option="data")
     return load_dataset(data_dir / f"{split}.safetensors")
+
+
+@dataclass
+class TrainingData:
+    """A data folder's train and val splits, and what looks wrong with them (as messages)."""
+
+    train: Dataset
+    val: Dataset
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_training_data(data_dir: Path) -> TrainingData:
+    """train.safetensors and val.safetensors of `data_dir`, with a warning when validation would
+    measure nothing new: both files hold the same sequences, or one holds another split."""
+    data_dir = Path(data_dir)
+    data = TrainingData(load_split(data_dir, "train"), load_split(data_dir, "val"))
+    train_path, val_path = data_dir / "train.safetensors", data_dir / "val.safetensors"
+    if data.train.fingerprint() == data.val.fingerprint():
+        data.warnings.append(
+            f"{val_path} holds the same sequences as {train_path}, so validation measures nothing "
+            "the training did not see; use the val split gen-data wrote"
+        )
+        return data
+    for split, path in (("train", train_path), ("val", val_path)):
+        recorded = getattr(data, split).metadata.get("split")
+        if recorded in SPLITS and recorded != split:
+            data.warnings.append(
+                f"{path} holds the {recorded} split (its metadata says so), not the {split} split; "
+                f"use the {split}.safetensors that gen-data wrote"
+            )
+    return data
 
 
 def padded_batches(n: int, batch_size: int, order: np.ndarray | None = None):

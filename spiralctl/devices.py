@@ -24,18 +24,6 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
 AUTO_ORDER = ("cuda", "amd", "metal", "cpu")
 
 
-def host_memory_available() -> int | None:
-    """Bytes of memory this machine can still give (Linux's MemAvailable); None where unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def tinygrad_version() -> str:
     try:
         return version("tinygrad")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,38 +16,95 @@ from spiralctl.errors import SpiralError
 from spiralctl.storage import atomic_output
 
 CSV_HEADER = ["sequence", "x", "y"]
+# spiralctl computes in float32: a coordinate beyond this would become infinite
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NOT_FINITE = "is not a finite number; give finite x and y values"
+BEYOND_FLOAT32 = (
+    "is beyond float32's range (about 3.4e38), which spiralctl computes in; scale the points down"
+)
+
+
+def _value_problem(value: float) -> str | None:
+    """Why a coordinate cannot be used, or None."""
+    if not math.isfinite(value):
+        return NOT_FINITE
+    if abs(value) > FLOAT32_MAX:
+        return BEYOND_FLOAT32
+    return None
 
 
 def _check_sequence(points: np.ndarray, where: str, name: str) -> np.ndarray:
+    """A [T, 2] array of numbers as float32, or a SpiralError saying which point is wrong."""
     if points.ndim != 2 or points.shape[1] != 2:
         raise SpiralError(
             f"{where}: sequence {name} must be a list of [x, y] points, found shape {list(points.shape)}"
         )
     if len(points) < 2:
         raise SpiralError(f"{where}: sequence {name} has {len(points)} point(s); at least 2 are needed")
-    if not np.isfinite(points).all():
-        raise SpiralError(f"{where}: sequence {name} holds NaN or infinite values")
+    bad = ~np.isfinite(points)
+    if points.dtype.kind == "f" and points.dtype.itemsize > 4:  # wider than float32: a cast may overflow
+        bad |= np.abs(points) > FLOAT32_MAX
+    if bad.any():
+        point, column = (int(i) for i in np.argwhere(bad)[0])
+        value = points[point, column]
+        why = BEYOND_FLOAT32 if np.isfinite(value) else NOT_FINITE
+        raise SpiralError(f"{where}: sequence {name}, point {point}: {'xy'[column]} = {value} {why}")
     return points.astype(np.float32)
 
 
+def _number(field: str, decimal_comma: bool) -> float:
+    field = field.strip()
+    if decimal_comma and "." not in field:
+        field = field.replace(",", ".", 1)
+    return float(field)
+
+
+def _csv_rows(text: str, where: str):
+    """The CSV's data rows as (line number, fields), after a header in any spreadsheet's dialect:
+    comma, semicolon or tab separated (with the two others, a decimal comma is allowed)."""
+    first = text.split("\n", 1)[0]
+    for delimiter in (",", ";", "\t"):
+        header = next(csv.reader([first], delimiter=delimiter), [])
+        while header and not header[-1].strip():
+            header.pop()
+        if [c.strip().lower() for c in header] == CSV_HEADER:
+            break
+    else:
+        raise SpiralError(
+            f"{where}: a CSV input needs the header 'sequence,x,y' on its first line "
+            "(separated by commas, semicolons or tabs)"
+        )
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        next(reader)
+        for row in reader:
+            while len(row) > 3 and not row[-1].strip():  # empty columns a spreadsheet adds
+                row.pop()
+            if row and any(c.strip() for c in row):
+                yield reader.line_num, row, delimiter != ","
+    except csv.Error as exc:
+        raise SpiralError(f"{where}: line {reader.line_num}: not valid CSV ({exc})") from None
+
+
 def _from_csv(text: str, where: str) -> tuple[list[str], list[np.ndarray]]:
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip() for c in rows[0]] != CSV_HEADER:
-        raise SpiralError(f"{where}: a CSV input needs the header 'sequence,x,y' on its first line")
     order: list[str] = []
-    points: dict[str, list[tuple[float, float]]] = {}
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or all(not c.strip() for c in row):
-            continue
+    points: dict[str, list[list[float]]] = {}
+    for line, row, decimal_comma in _csv_rows(text, where):
         if len(row) != 3:
             raise SpiralError(f"{where}: line {line} has {len(row)} fields, expected sequence,x,y")
         name = row[0].strip()
-        try:
-            point = (float(row[1]), float(row[2]))
-        except ValueError:
-            raise SpiralError(
-                f"{where}: line {line}: x and y must be numbers, found {row[1]!r}, {row[2]!r}"
-            ) from None
+        point = []
+        for axis, field in zip("xy", row[1:]):
+            try:
+                value = _number(field, decimal_comma)
+            except ValueError:
+                hint = "; for decimal commas separate the fields with ;" if "," in field else ""
+                raise SpiralError(
+                    f"{where}: line {line}: {axis} must be a number, found {field!r}{hint}"
+                ) from None
+            if (why := _value_problem(value)) is not None:
+                raise SpiralError(f"{where}: line {line}: {axis} = {field.strip()} {why}")
+            point.append(value)
         if name not in points:
             order.append(name)
             points[name] = []
@@ -56,47 +114,83 @@ def _from_csv(text: str, where: str) -> tuple[list[str], list[np.ndarray]]:
     return order, [_check_sequence(np.array(points[n], dtype=np.float64), where, n) for n in order]
 
 
+def _json_points(sequence: object, where: str, index: int) -> np.ndarray:
+    """One JSON sequence, [[x, y], ...] with JSON numbers only (no strings, no true/false)."""
+    if not isinstance(sequence, list):
+        raise SpiralError(f"{where}: sequence {index} must be a list of [x, y] points")
+    values = []
+    for point_index, point in enumerate(sequence):
+        where_point = f"{where}: sequence {index}, point {point_index}"
+        if not isinstance(point, list) or len(point) != 2:
+            raise SpiralError(f"{where_point}: expected [x, y], found {json.dumps(point)[:60]}")
+        for axis, value in zip("xy", point):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpiralError(
+                    f"{where_point}: {axis} = {json.dumps(value)[:60]} is not a number; "
+                    "write x and y as JSON numbers (no quotes, no true/false)"
+                )
+            try:
+                why = _value_problem(float(value))
+            except OverflowError:  # an integer too large for a float
+                why = BEYOND_FLOAT32
+            if why is not None:
+                raise SpiralError(f"{where_point}: {axis} = {json.dumps(value)[:60]} {why}")
+        values.append(point)
+    return _check_sequence(np.array(values, dtype=np.float64).reshape(-1, 2), where, str(index))
+
+
 def _from_json(text: str, where: str) -> tuple[list[str], list[np.ndarray]]:
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SpiralError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(value, list) or not value:
         raise SpiralError(f"{where}: JSON input must be a list of [x, y] points or a list of such lists")
     # one sequence ([[x, y], ...]) or several ([[[x, y], ...], ...])
     several = isinstance(value[0], list) and value[0] and isinstance(value[0][0], list)
     raw = value if several else [value]
-    sequences = []
-    for i, seq in enumerate(raw):
-        try:
-            array = np.array(seq, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise SpiralError(f"{where}: sequence {i} must be a list of [x, y] number pairs") from None
-        sequences.append(_check_sequence(array, where, str(i)))
+    sequences = [_json_points(seq, where, i) for i, seq in enumerate(raw)]
     return [str(i) for i in range(len(sequences))], sequences
 
 
 def _from_npy(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    usage = "save the points with numpy.save as a float array of shape [T, 2] or [N, T, 2]"
     try:
-        array = np.load(path, allow_pickle=False)
+        # memory-mapped: a header that claims more than the file holds is an error, not an allocation
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except EOFError:  # not Ctrl-D: the file ends before its header does
+        what = "is empty" if path.stat().st_size == 0 else "ends before its .npy header does"
+        raise SpiralError(f"{path} {what}; {usage}") from None
     except (ValueError, OSError) as exc:
-        raise SpiralError(f"{path}: not a readable .npy array ({exc})") from None
+        why = str(exc)
+        if "pickle" in why:
+            why = "it holds Python objects, or is not a .npy file"
+        elif "mmap length" in why:
+            why = "it is shorter than its header says: cut short?"
+        raise SpiralError(f"{path}: not a readable .npy array ({why}); {usage}") from None
+    if not isinstance(array, np.ndarray):  # a .npz archive under a .npy name
+        raise SpiralError(f"{path} is a .npz archive, not a .npy array; {usage}")
+    kind = array.dtype.kind
+    if kind not in "iuf":
+        what = {"b": "booleans", "c": "complex numbers"}.get(kind, "values that are not numbers")
+        raise SpiralError(f"{path} holds {what} (dtype {array.dtype}); x and y must be real numbers: {usage}")
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3 or array.shape[2] != 2 or not np.issubdtype(array.dtype, np.number):
+    if array.ndim != 3 or array.shape[2] != 2:
         raise SpiralError(
-            f"{path}: a .npy input must be a number array of shape [T, 2] or [N, T, 2], "
-            f"found {list(array.shape)}"
+            f"{path}: a .npy input must have shape [T, 2] or [N, T, 2], found {list(array.shape)}"
         )
+    if len(array) == 0:
+        raise SpiralError(f"{path} holds no sequences (shape {list(array.shape)}); {usage}")
     return [str(i) for i in range(len(array))], [
-        _check_sequence(a.astype(np.float64), str(path), str(i)) for i, a in enumerate(array)
+        _check_sequence(np.asarray(a), str(path), str(i)) for i, a in enumerate(array)
     ]
 
 
 def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray | None]:
     """Returns sequence names, the sequences, and labels when the input is a dataset."""
     if source == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.read().removeprefix("\ufeff")
         stripped = text.lstrip()
         if stripped.startswith(("[", "{")):
             return (*_from_json(text, "stdin"), None)
@@ -112,17 +206,19 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
         return [str(i) for i in range(len(data))], list(data.x), data.y
     if suffix == ".npy":
         return (*_from_npy(path), None)
+    if suffix not in (".csv", ".json"):
+        raise SpiralError(
+            f"{path}: unknown input type {suffix or '(none)'!r}; use .safetensors, .npy, .csv or .json"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpiralError(f"cannot read {path}: {exc}") from None
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (from a spreadsheet) is skipped
+    except UnicodeDecodeError:
+        raise SpiralError(f"{path} is not UTF-8 text; save it as CSV UTF-8 (or JSON) and try again") from None
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
     if suffix == ".csv":
         return (*_from_csv(text, str(path)), None)
-    if suffix == ".json":
-        return (*_from_json(text, str(path)), None)
-    raise SpiralError(
-        f"{path}: unknown input type {suffix or '(none)'!r}; use .safetensors, .npy, .csv or .json"
-    )
+    return (*_from_json(text, str(path)), None)
 
 
 def check_output(path: Path, force: bool) -> None:

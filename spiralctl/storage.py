@@ -8,6 +8,7 @@ a half-written file under the real name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -78,7 +79,9 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator:
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise SpiralError(f"cannot write {path}: {exc.strerror}") from exc
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            hint = "; free some disk space or write somewhere else" if full else ""
+            raise SpiralError(f"cannot write {path}: {exc.strerror}{hint}") from exc
         raise
     _fsync_folder(folder)
 
@@ -96,36 +99,89 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write `tensors` and string `metadata` as a safetensors file, atomically."""
-    header: dict[str, object] = {"__metadata__": dict(metadata)}
-    offset = 0
-    arrays = []
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-        array = array.astype(dtype, copy=False)
-        if dtype not in _NAMES:
+# The metadata entry that holds the checksum of a file's tensors (see tensors_checksum), and the
+# entry spiralctl 0.1.0 used for a SHA-256 of the data section exactly as it wrote it.
+CHECKSUM_KEY = "tensors_checksum"
+LEGACY_CHECKSUM_KEY = "checksum"
+# The order spiralctl 0.1.0 wrote tensors in, which its checksum depends on: a dataset's x and y,
+# a checkpoint's parameters, then Adam's step numbers and moments. Frozen: it describes old files.
+_LEGACY_PARAMETERS = (
+    "lstm.weight_ih_l0",
+    "lstm.weight_hh_l0",
+    "lstm.bias_ih_l0",
+    "lstm.bias_hh_l0",
+    "head.weight",
+    "head.bias",
+)
+_LEGACY_NAMES = (
+    "x",
+    "y",
+    *_LEGACY_PARAMETERS,
+    "optimizer.step",
+    "optimizer.b1_power",
+    "optimizer.b2_power",
+    *(f"optimizer.{name}.{slot}" for name in _LEGACY_PARAMETERS for slot in ("exp_avg", "exp_avg_sq")),
+)
+
+
+def _stored(array: np.ndarray) -> np.ndarray:
+    """The array as a file holds it: C order, little-endian, same shape."""
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _bytes(array: np.ndarray) -> memoryview:
+    """A stored array's bytes, without a copy."""
+    return memoryview(_stored(array).reshape(-1)).cast("B")
+
+
+def tensors_checksum(tensors: dict[str, np.ndarray]) -> str:
+    """A SHA-256 of what the tensors hold, whatever the file's layout.
+
+    For each tensor in name order: the JSON line `["name","F32",[2,3]]` (name, safetensors dtype,
+    shape), then its little-endian bytes. Another writer may order the tensors, the header and its
+    padding as it likes (the official safetensors library sorts by dtype): the checksum stays.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = _stored(tensors[name])
+        if array.dtype not in _NAMES:
             raise ValueError(f"dtype {array.dtype} of tensor {name} cannot be stored")
+        line = json.dumps([name, _NAMES[array.dtype], list(array.shape)], separators=(",", ":"))
+        digest.update(line.encode() + b"\n")
+        digest.update(_bytes(array))
+    return f"sha256:{digest.hexdigest()}"
+
+
+def write_safetensors_to(handle, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write `tensors` and string `metadata` as a safetensors file to an open binary file."""
+    arrays = {name: _stored(array) for name, array in tensors.items()}
+    meta = {k: v for k, v in metadata.items() if k != LEGACY_CHECKSUM_KEY}
+    # verified on every load: catches flipped bytes and torn writes
+    meta[CHECKSUM_KEY] = tensors_checksum(arrays)
+    header: dict[str, object] = {"__metadata__": meta}
+    offset = 0
+    for name, array in arrays.items():
         header[name] = {
-            "dtype": _NAMES[dtype],
+            "dtype": _NAMES[array.dtype],
             "shape": list(array.shape),
             "data_offsets": [offset, offset + array.nbytes],
         }
         offset += array.nbytes
-        arrays.append(array)
-    # a checksum of the data section, verified on every load: catches flipped bytes and torn writes
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(memoryview(array).cast("B"))
-    header["__metadata__"]["checksum"] = f"sha256:{digest.hexdigest()}"
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # align the data section to 8 bytes
+    handle.write(struct.pack("<Q", len(blob)))
+    handle.write(blob)
+    for array in arrays.values():
+        handle.write(_bytes(array))
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write `tensors` and string `metadata` as a safetensors file, atomically."""
     with atomic_output(path) as handle:
-        handle.write(struct.pack("<Q", len(blob)))
-        handle.write(blob)
-        for array in arrays:
-            handle.write(array.tobytes())
+        write_safetensors_to(handle, tensors, metadata)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -140,7 +196,11 @@ def _reject_constant(name: str) -> None:
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read and check a safetensors file; raise SpiralError naming the file if it is damaged."""
+    """Read and check a safetensors file; raise SpiralError naming the file if it is damaged.
+
+    A stored checksum is verified: `tensors_checksum`, or spiralctl 0.1.0's `checksum`. A file
+    without either (written by another tool) is read with every other check.
+    """
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -212,15 +272,37 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
         position = end
     if position != len(data):
         raise bad(f"{len(data) - position} bytes after the last tensor")
-    checksum = metadata.get("checksum")
-    if checksum is not None:
-        algorithm, _, expected = checksum.partition(":")
-        if algorithm != "sha256" or hashlib.sha256(data).hexdigest() != expected:
-            raise SpiralError(
-                f"{path} is damaged: its data does not match the checksum stored in it "
-                "(a flipped byte or an incomplete write); use another copy or an earlier checkpoint"
-            )
+    if not _checksum_matches(metadata, tensors, data, [e[2] for e in entries], bad):
+        raise SpiralError(
+            f"{path} is damaged: its tensors do not match the checksum stored in it (a flipped byte, an "
+            "incomplete write, or tensors changed by a tool that kept the old metadata); use another "
+            f"copy or an earlier checkpoint (a file you changed on purpose: save it without {CHECKSUM_KEY})"
+        )
     return tensors, metadata
+
+
+def _checksum_matches(metadata, tensors, data, disk_order, bad) -> bool:
+    """Whether the stored checksum, of either scheme, matches; True when none is stored."""
+    if CHECKSUM_KEY in metadata:
+        if not metadata[CHECKSUM_KEY].startswith("sha256:"):
+            raise bad(f"unknown {CHECKSUM_KEY} {metadata[CHECKSUM_KEY][:40]!r} (from a newer spiralctl?)")
+        return tensors_checksum(tensors) == metadata[CHECKSUM_KEY]
+    if LEGACY_CHECKSUM_KEY in metadata:
+        algorithm, _, expected = metadata[LEGACY_CHECKSUM_KEY].partition(":")
+        if algorithm != "sha256":
+            return False
+        if hashlib.sha256(data).hexdigest() == expected:
+            return True
+        # re-saved by another writer: the data in the order spiralctl 0.1.0 wrote it
+        if set(tensors) <= set(_LEGACY_NAMES):
+            order = sorted(tensors, key=_LEGACY_NAMES.index)
+            if order != disk_order:
+                digest = hashlib.sha256()
+                for name in order:
+                    digest.update(_bytes(tensors[name]))
+                return digest.hexdigest() == expected
+        return False
+    return True
 
 
 # what each spiralctl file format is, for messages when one is given where the other belongs

@@ -238,6 +238,12 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
+def warning(message: str) -> None:
+    """Something that looks wrong but does not stop the command, on stderr."""
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
 def plot_report(console: Console, report: dict) -> None:
     colour = "unlabelled" if report["coloured_by"] == "none" else f"coloured by {report['coloured_by']}"
     what = f"{report['sequences']} of {report['total']} sequences, {colour}"
@@ -372,9 +378,4 @@ def devices_table(console: Console, report: dict) -> None:
 
 def error_line(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-
-
-def warning(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import shutil
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from spiralctl.data import LUX_A, LUX_B, LUX_THETA, DataConfig, generate, load_dataset, save_datasets
+import spiralctl.data
+from spiralctl.cli import app
+from spiralctl.config import TrainConfig
+from spiralctl.data import (
+    LUX_A,
+    LUX_B,
+    LUX_THETA,
+    DataConfig,
+    generate,
+    load_dataset,
+    load_training_data,
+    save_datasets,
+)
 from spiralctl.errors import SpiralError
 
 
@@ -70,15 +89,17 @@ def test_noise_has_the_requested_spread():
 @pytest.mark.parametrize(
     "config, message",
     [
-        (DataConfig(sequences=0), "--sequences"),
+        (DataConfig(sequences=0), "sequences"),
         (DataConfig(sequences=11), "even"),
-        (DataConfig(length=1), "--length"),
-        (DataConfig(noise=-1), "--noise"),
-        (DataConfig(style="round"), "--style"),
-        (DataConfig(val_fraction=0), "--val-fraction"),
-        (DataConfig(test_fraction=-0.1), "--test-fraction"),
+        (DataConfig(length=1), "length"),
+        (DataConfig(noise=-1), "noise"),
+        (DataConfig(style="round"), "style"),
+        (DataConfig(val_fraction=0), "val_fraction"),
+        (DataConfig(test_fraction=-0.1), "test_fraction"),
         (DataConfig(val_fraction=0.6, test_fraction=0.5), "add up"),
         (DataConfig(sequences=4, val_fraction=0.1), "too few"),
+        (DataConfig(seed=-1), "seed must be a whole number from 0 up"),
+        (DataConfig(seed=1.5), "seed"),
     ],
 )
 def test_bad_configs_are_refused(config, message):
@@ -90,7 +111,7 @@ def test_existing_files_need_force(tmp_path):
     splits = generate(DataConfig(sequences=20))
     save_datasets(tmp_path, splits)
     before = (tmp_path / "train.safetensors").read_bytes()
-    with pytest.raises(SpiralError, match="--force"):
+    with pytest.raises(SpiralError, match="pass force"):
         save_datasets(tmp_path, generate(DataConfig(sequences=20, seed=9)))
     assert (tmp_path / "train.safetensors").read_bytes() == before
     save_datasets(tmp_path, generate(DataConfig(sequences=20, seed=9)), force=True)
@@ -106,3 +127,124 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     assert loaded.metadata["format"] == "spiralctl-dataset/1"
     assert loaded.metadata["split"] == "val"
     assert '"seed": 2' in loaded.metadata["generator"]
+
+
+def test_seeds_are_whole_numbers_from_0_of_any_size():
+    for seed in (0, 2**32 - 1, 2**32, 2**100):
+        DataConfig(seed=seed).check()
+        TrainConfig(seed=seed).check()
+    assert not np.array_equal(
+        generate(DataConfig(sequences=10, seed=2**100))["train"].x,
+        generate(DataConfig(sequences=10, seed=2**100 + 1))["train"].x,
+    )
+    for seed in (-1, True, "3"):
+        with pytest.raises(SpiralError, match="seed must be"):
+            TrainConfig(seed=seed).check()
+
+
+@pytest.mark.parametrize("command", [["gen-data", "data"], ["train"]])
+def test_a_negative_seed_is_a_usage_error(command):
+    result = CliRunner().invoke(app, [*command, "--seed", "-1"])
+    assert result.exit_code == 2
+    assert result.output == "error: --seed must be a whole number from 0 up, such as 0 or 42 (got -1)\n"
+
+
+def test_the_memory_estimate_covers_what_generating_takes():
+    for config in (DataConfig(sequences=4000, length=50), DataConfig(sequences=400, length=500, style="lux")):
+        tracemalloc.start()
+        try:
+            generate(config)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= config.memory_needed() < 2 * peak
+
+
+def test_gen_data_says_how_much_memory_it_needs(monkeypatch):
+    monkeypatch.setattr(spiralctl.data, "available_memory", lambda: 2 * 1024**3)
+    result = CliRunner().invoke(app, ["gen-data", "data", "--sequences", "100000000"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: --sequences 100000000 of --length 50 need about 210.1 GiB of memory to generate but "
+        "2.0 GiB is available; ask for fewer --sequences or a shorter --length\n"
+    )
+    assert not Path("data").exists()
+
+
+def test_running_out_of_memory_anyway_is_a_clear_error(monkeypatch):
+    def out_of_memory(config, rng):
+        raise MemoryError
+
+    monkeypatch.setattr(spiralctl.data, "_generate_all", out_of_memory)
+    with pytest.raises(SpiralError, match="out of memory: sequences 1000 of length 50 need about"):
+        generate(DataConfig())
+
+
+def _disk_full_after(monkeypatch, files: int) -> None:
+    """Writing the split after the first `files` ones fails as on a full disk."""
+    write = spiralctl.data.write_safetensors_to
+    calls = []
+
+    def writer(handle, tensors, metadata):
+        calls.append(metadata["split"])
+        if len(calls) > files:
+            handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(handle, tensors, metadata)
+
+    monkeypatch.setattr(spiralctl.data, "write_safetensors_to", writer)
+
+
+def test_a_full_disk_removes_the_folders_gen_data_created(tmp_path, monkeypatch):
+    _disk_full_after(monkeypatch, 1)
+    result = CliRunner().invoke(app, ["gen-data", str(tmp_path / "new" / "data"), "--sequences", "20"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot write {tmp_path}/new/data/val.safetensors: No space left")
+    assert "free some disk space" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_leaves_an_existing_folder_as_it_was(tmp_path, monkeypatch):
+    save_datasets(tmp_path / "data", generate(DataConfig(sequences=20, test_fraction=0.2)))
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    _disk_full_after(monkeypatch, 2)
+    with pytest.raises(SpiralError, match="test.safetensors: No space left on device"):
+        save_datasets(
+            tmp_path / "data", generate(DataConfig(sequences=20, test_fraction=0.2, seed=1)), force=True
+        )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before  # no temporaries
+
+
+def test_a_folder_given_as_data_that_is_not_a_split_of_its_own_gets_a_warning(tmp_path, small_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(small_data / "train.safetensors", data / "train.safetensors")
+    shutil.copy(small_data / "val.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == []
+    shutil.copy(small_data / "test.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == [
+        f"{data}/val.safetensors holds the test split (its metadata says so), not the val split; "
+        "use the val.safetensors that gen-data wrote"
+    ]
+    shutil.copy(small_data / "train.safetensors", data / "val.safetensors")
+    assert load_training_data(data).warnings == [
+        f"{data}/val.safetensors holds the same sequences as {data}/train.safetensors, so validation "
+        "measures nothing the training did not see; use the val split gen-data wrote"
+    ]
+
+
+def test_train_shows_the_warning_on_stderr(tmp_path, small_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.safetensors", "val.safetensors"):
+        shutil.copy(small_data / "train.safetensors", data / name)
+    args = ["train", "--data", data, "--epochs", "1", "--hidden", "4", "--batch-size", "32", "--no-plots"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "-q", "--json"]])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"warning: {data}/val.safetensors holds the same sequences as {data}/train.safetensors, so "
+        "validation measures nothing the training did not see; use the val split gen-data wrote\n"
+    )
+    summary = json.loads(result.stdout)
+    assert summary["warnings"] == [result.stderr[len("warning: ") : -1]]

@@ -87,3 +87,46 @@ def test_export_without_onnx_says_how_to_get_it(trained_run, monkeypatch):
 def test_export_refuses_other_names(trained_run):
     result = CliRunner().invoke(app, ["export", str(trained_run / "best.safetensors"), "model.safetensors"])
     assert result.exit_code == 2 and "ending in .onnx" in result.output
+
+
+def _resave(source, target, writer: str) -> None:
+    """Load a file with the official safetensors library and save it again with its metadata."""
+    safetensors = pytest.importorskip("safetensors")
+    if writer == "torch":
+        pytest.importorskip("torch", reason="torch is not installed (pip install 'spiralctl[torch]')")
+    module = pytest.importorskip(f"safetensors.{writer}")
+    with safetensors.safe_open(str(source), framework="pt" if writer == "torch" else "numpy") as handle:
+        metadata = handle.metadata()
+    module.save_file(module.load_file(str(source)), str(target), metadata=metadata)
+
+
+@pytest.mark.parametrize("writer", ["numpy", "torch"])
+def test_files_saved_again_by_the_official_library_work_everywhere(tmp_path, trained_run, small_data, writer):
+    checkpoint, data = tmp_path / "checkpoint.safetensors", tmp_path / "test.safetensors"
+    _resave(trained_run / "best.safetensors", checkpoint, writer)
+    _resave(small_data / "test.safetensors", data, writer)
+    assert checkpoint.read_bytes() != (trained_run / "best.safetensors").read_bytes()  # another layout
+    runner = CliRunner()
+    for path in (checkpoint, data):
+        result = runner.invoke(app, ["info", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["checksum"] == "verified"
+    expected = _predict(trained_run / "best.safetensors", small_data / "test.safetensors")
+    np.testing.assert_array_equal(_predict(checkpoint, data), expected)
+    result = runner.invoke(app, ["eval", str(checkpoint), str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n"] == len(expected)
+
+
+def test_a_dataset_written_without_spiralctl_loads(tmp_path, trained_run, small_data):
+    save_file = pytest.importorskip("safetensors.numpy").save_file
+    data = load_dataset(small_data / "test.safetensors")
+    # what someone bringing their own sequences writes: the format tag, no checksum
+    save_file({"x": data.x, "y": data.y}, "mine.safetensors", metadata={"format": "spiralctl-dataset/1"})
+    result = CliRunner().invoke(app, ["info", "mine.safetensors", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["checksum"] == "none stored"
+    result = CliRunner().invoke(app, ["eval", str(trained_run / "best.safetensors"), "mine.safetensors"])
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    expected = _predict(trained_run / "best.safetensors", small_data / "test.safetensors")
+    np.testing.assert_array_equal(_predict(trained_run / "best.safetensors", "mine.safetensors"), expected)

@@ -124,7 +124,7 @@ def test_a_batch_larger_than_the_data_is_capped(run, small_data, tmp_path):
 
 
 def test_a_step_that_cannot_fit_in_memory_is_refused(run, small_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(commands, "host_memory_available", lambda: 10**6)
+    monkeypatch.setattr(commands, "available_memory", lambda: 10**6)
     out = tmp_path / "run"
     result = run("train", "--data", small_data, "--out", out, "--hidden", 512, "--device", "cpu")
     assert result.exit_code == 2 and result.stderr.startswith(
