@@ -9,27 +9,17 @@ import struct
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from spiralctl import __version__
-from spiralctl.cli import app
 from spiralctl.storage import read_safetensors, write_safetensors
 
 
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args, input=None):
-        return runner.invoke(app, [str(a) for a in args], input=input)
-
-    return invoke
-
-
 def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert "Traceback" not in result.output
-    assert len(lines) == 1, result.output
+    """The one line an error prints: on stderr, with nothing on stdout."""
+    assert result.stdout == "", result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
 
@@ -98,7 +88,7 @@ def test_verbose_and_quiet_training(run, small_data):
 def test_gen_data_json_and_files(run):
     result = run("gen-data", "data", "--sequences", 40, "--length", 8, "--test-fraction", 0.2, "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert [s["split"] for s in summary["splits"]] == ["train", "val", "test"]
     assert sum(s["sequences"] for s in summary["splits"]) == 40
     assert all(s["clockwise"] == s["anticlockwise"] for s in summary["splits"])
@@ -116,13 +106,13 @@ def test_gen_data_table_and_lux_style(run):
 def test_train_eval_predict_journey(run, small_data):
     result = run("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32, "--json")
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["run_dir"] == "runs/train-1" and summary["last"]["epoch"] == 2
     checkpoint = "runs/train-1/best.safetensors"
 
     result = run("eval", checkpoint, small_data / "test.safetensors", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["n"] == 30 and 0 <= report["accuracy"] <= 1
     assert np.array(report["confusion"]).sum() == 30
 
@@ -130,7 +120,7 @@ def test_train_eval_predict_journey(run, small_data):
     assert result.exit_code == 0 and "confusion" in result.output and "precision" in result.output
 
     result = run("predict", checkpoint, small_data / "test.safetensors", "--json")
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 30
     assert {row["label"] for row in rows} <= {"clockwise", "anticlockwise"}
     accuracy = np.mean([row["label"] == row["true_label"] for row in rows])
@@ -144,7 +134,7 @@ def test_train_eval_predict_journey(run, small_data):
 def test_train_progress_is_one_line_per_epoch_when_not_a_terminal(run, small_data):
     result = run("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32)
     assert result.exit_code == 0
-    epoch_lines = [line for line in result.output.splitlines() if line.startswith("epoch ")]
+    epoch_lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2 and "val acc" in epoch_lines[0]
 
 
@@ -166,14 +156,14 @@ def test_predict_inputs(run, trained_run, tmp_path):
     for name, lengths in expected.items():
         result = run("predict", checkpoint, name, "--json")
         assert result.exit_code == 0, (name, result.output)
-        rows = [json.loads(line) for line in result.output.splitlines()]
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
         assert [row["points"] for row in rows] == lengths
         assert all(0 <= row["probability"] <= 1 for row in rows)
 
     result = run("predict", checkpoint, "-", "--json", input="sequence,x,y\ns,0,1\ns,1,0\ns,0,-1\n")
-    assert result.exit_code == 0 and json.loads(result.output)["sequence"] == "s"
+    assert result.exit_code == 0 and json.loads(result.stdout)["sequence"] == "s"
     result = run("predict", checkpoint, "-", "--json", input="[[0, 1], [1, 0]]")
-    assert result.exit_code == 0 and json.loads(result.output)["points"] == 2
+    assert result.exit_code == 0 and json.loads(result.stdout)["points"] == 2
 
     result = run("predict", checkpoint, "mixed.csv", "--output", "out.csv")
     assert result.exit_code == 0
@@ -186,7 +176,7 @@ def test_predict_is_consistent_across_batch_sizes_and_lengths(run, trained_run, 
     outputs = []
     for batch in (1, 7, 128):
         result = run("predict", checkpoint, small_data / "val.safetensors", "--json", "--batch-size", batch)
-        outputs.append([json.loads(line)["probability"] for line in result.output.splitlines()])
+        outputs.append([json.loads(line)["probability"] for line in result.stdout.splitlines()])
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)
     np.testing.assert_allclose(outputs[0], outputs[2], atol=1e-6)
 
@@ -194,7 +184,7 @@ def test_predict_is_consistent_across_batch_sizes_and_lengths(run, trained_run, 
 def test_devices_json(run):
     result = run("devices", "--json")
     assert result.exit_code == 0
-    rows = json.loads(result.output)["devices"]
+    rows = json.loads(result.stdout)["devices"]
     cpu = next(row for row in rows if row["name"] == "cpu")
     assert cpu["ok"] is True
     assert {row["name"] for row in rows} == {"cpu", "cuda", "amd", "metal"}
@@ -278,14 +268,14 @@ def test_debug_shows_the_traceback(run):
 def test_info_on_dataset_and_checkpoint(run, small_data, trained_run):
     result = run("info", small_data / "test.safetensors", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["kind"] == "dataset" and report["checksum"] == "verified"
     assert report["classes"] == {"clockwise": 15, "anticlockwise": 15}
     assert report["metadata"]["generator"]["sequences"] == 120
     assert {t["name"]: t["shape"] for t in report["tensors"]} == {"x": [30, 12, 2], "y": [30]}
 
     result = run("info", trained_run / "best.safetensors", "--json")
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["kind"] == "checkpoint" and report["hidden"] == 4 and report["resumable"]
     assert report["parameters"] == 4 * 4 * 2 + 4 * 4 * 4 + 2 * 4 * 4 + 4 + 1
     assert report["metadata"]["train"]["batch_size"] == 32

@@ -6,11 +6,11 @@ import hashlib
 import json
 import os
 import stat
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import BAD_FILES
 
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.data import load_dataset
@@ -19,11 +19,6 @@ from spiralctl.storage import atomic_output, read_safetensors, tensors_checksum,
 
 # files written by spiralctl 0.1.0, whose checksum covered the data section as laid out on disk
 OLD_FILES = Path(__file__).parent / "fixtures" / "spiralctl-0.1"
-
-
-def _raw(header: dict, data: bytes = b"") -> bytes:
-    blob = json.dumps(header).encode()
-    return struct.pack("<Q", len(blob)) + blob + data
 
 
 def test_round_trip(tmp_path):
@@ -45,36 +40,6 @@ def test_official_safetensors_package_reads_spiralctl_files(tmp_path, small_data
             ours, _ = read_safetensors(path)
             for name in handle.keys():
                 np.testing.assert_array_equal(handle.get_tensor(name), ours[name])
-
-
-GOOD = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
-BAD_FILES = {
-    "empty": b"",
-    "short": b"\x01\x02",
-    "header past end": struct.pack("<Q", 100) + b"{}",
-    "absurd header length": struct.pack("<Q", 2**60) + b"{}",
-    "not json": struct.pack("<Q", 5) + b"hello",
-    "not an object": _raw([1, 2]),  # type: ignore[arg-type]
-    "invalid utf-8": struct.pack("<Q", 4) + b"\xff\xfe{}",
-    "missing field": _raw({"x": {"dtype": "F32", "shape": [2]}}, b"\0" * 8),
-    "unknown dtype": _raw({"x": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8),
-    "negative offset": _raw({"x": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, b"\0" * 8),
-    "offset past end": _raw({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4),
-    "reversed offsets": _raw({"x": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, b"\0" * 8),
-    "overlap": _raw(
-        {
-            "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-            "y": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-        },
-        b"\0" * 12,
-    ),
-    "size mismatch": _raw({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
-    "trailing bytes": _raw(GOOD, b"\0" * 12),
-    "non-string metadata": _raw({"__metadata__": {"a": 1}, **GOOD}, b"\0" * 8),
-    "duplicate keys": struct.pack("<Q", 23) + b'{"__metadata__":{},"__metadata__":{}}'[:23],
-    "deep nesting": (lambda b: struct.pack("<Q", len(b)) + b)(b"[" * 100000 + b"]" * 100000),
-    "NaN constant": (lambda b: struct.pack("<Q", len(b)) + b)(b'{"__metadata__":{"a":NaN}}'),
-}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))

@@ -8,20 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from spiralctl.cli import app
 from spiralctl.data import load_dataset
 from spiralctl.storage import read_safetensors
 
 
-def _predict(checkpoint, data) -> np.ndarray:
-    result = CliRunner().invoke(app, ["predict", str(checkpoint), str(data), "--json"])
+def _predict(run, checkpoint, data) -> np.ndarray:
+    result = run("predict", checkpoint, data, "--json")
     assert result.exit_code == 0, result.output
-    return np.array([json.loads(line)["probability"] for line in result.output.splitlines()])
+    return np.array([json.loads(line)["probability"] for line in result.stdout.splitlines()])
 
 
-def test_checkpoint_loads_into_torch_lstm(trained_run, small_data):
+def test_checkpoint_loads_into_torch_lstm(run, trained_run, small_data):
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'spiralctl[torch]')")
 
     class Classifier(torch.nn.Module):
@@ -41,16 +39,16 @@ def test_checkpoint_loads_into_torch_lstm(trained_run, small_data):
     data = small_data / "test.safetensors"
     with torch.no_grad():
         expected = model(torch.from_numpy(load_dataset(data).x)).numpy()
-    np.testing.assert_allclose(_predict(trained_run / "best.safetensors", data), expected, atol=1e-5)
+    np.testing.assert_allclose(_predict(run, trained_run / "best.safetensors", data), expected, atol=1e-5)
 
 
-def test_onnx_export_matches_predict(trained_run, small_data):
+def test_onnx_export_matches_predict(run, trained_run, small_data):
     pytest.importorskip("onnx", reason="onnx is not installed (pip install 'spiralctl[onnx]')")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     checkpoint = trained_run / "best.safetensors"
-    result = CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx", "--json"])
+    result = run("export", checkpoint, "model.onnx", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["inputs"] == {"sequences": ["batch", "time", 2]}
     assert set(report["outputs"]) == {"probability", "logit"}
 
@@ -58,25 +56,25 @@ def test_onnx_export_matches_predict(trained_run, small_data):
     for split in ("test", "val"):
         data = small_data / f"{split}.safetensors"
         probability, logit = session.run(["probability", "logit"], {"sequences": load_dataset(data).x})
-        np.testing.assert_allclose(probability, _predict(checkpoint, data), atol=1e-5)
+        np.testing.assert_allclose(probability, _predict(run, checkpoint, data), atol=1e-5)
         np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit.astype(np.float64))), atol=1e-6)
     # any batch size and length: one sequence of 5 points
     one = np.array([[[0, 1], [1, 0], [0, -1], [-1, 0], [0, 1]]], dtype=np.float32)
     np.save("one.npy", one[0])
     (probability,) = session.run(["probability"], {"sequences": one})
-    np.testing.assert_allclose(probability, _predict(checkpoint, "one.npy"), atol=1e-5)
+    np.testing.assert_allclose(probability, _predict(run, checkpoint, "one.npy"), atol=1e-5)
 
     # an existing file is kept unless --force
     before = open("model.onnx", "rb").read()
-    result = CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx"])
+    result = run("export", checkpoint, "model.onnx")
     assert result.exit_code == 2 and "pass --force" in result.output
     assert open("model.onnx", "rb").read() == before
-    assert CliRunner().invoke(app, ["export", str(checkpoint), "model.onnx", "--force"]).exit_code == 0
+    assert run("export", checkpoint, "model.onnx", "--force").exit_code == 0
 
 
-def test_export_without_onnx_says_how_to_get_it(trained_run, monkeypatch):
+def test_export_without_onnx_says_how_to_get_it(run, trained_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    result = CliRunner().invoke(app, ["export", str(trained_run / "best.safetensors"), "m.onnx"])
+    result = run("export", trained_run / "best.safetensors", "m.onnx")
     assert result.exit_code == 2
     assert (
         result.output.strip()
@@ -84,8 +82,8 @@ def test_export_without_onnx_says_how_to_get_it(trained_run, monkeypatch):
     )
 
 
-def test_export_refuses_other_names(trained_run):
-    result = CliRunner().invoke(app, ["export", str(trained_run / "best.safetensors"), "model.safetensors"])
+def test_export_refuses_other_names(run, trained_run):
+    result = run("export", trained_run / "best.safetensors", "model.safetensors")
     assert result.exit_code == 2 and "ending in .onnx" in result.output
 
 
@@ -101,32 +99,35 @@ def _resave(source, target, writer: str) -> None:
 
 
 @pytest.mark.parametrize("writer", ["numpy", "torch"])
-def test_files_saved_again_by_the_official_library_work_everywhere(tmp_path, trained_run, small_data, writer):
+def test_files_saved_again_by_the_official_library_work_everywhere(
+    run, tmp_path, trained_run, small_data, writer
+):
     checkpoint, data = tmp_path / "checkpoint.safetensors", tmp_path / "test.safetensors"
     _resave(trained_run / "best.safetensors", checkpoint, writer)
     _resave(small_data / "test.safetensors", data, writer)
     assert checkpoint.read_bytes() != (trained_run / "best.safetensors").read_bytes()  # another layout
-    runner = CliRunner()
     for path in (checkpoint, data):
-        result = runner.invoke(app, ["info", str(path), "--json"])
+        result = run("info", path, "--json")
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["checksum"] == "verified"
-    expected = _predict(trained_run / "best.safetensors", small_data / "test.safetensors")
-    np.testing.assert_array_equal(_predict(checkpoint, data), expected)
-    result = runner.invoke(app, ["eval", str(checkpoint), str(data), "--json"])
+        assert json.loads(result.stdout)["checksum"] == "verified"
+    expected = _predict(run, trained_run / "best.safetensors", small_data / "test.safetensors")
+    np.testing.assert_array_equal(_predict(run, checkpoint, data), expected)
+    result = run("eval", checkpoint, data, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["n"] == len(expected)
+    assert json.loads(result.stdout)["n"] == len(expected)
 
 
-def test_a_dataset_written_without_spiralctl_loads(tmp_path, trained_run, small_data):
+def test_a_dataset_written_without_spiralctl_loads(run, tmp_path, trained_run, small_data):
     save_file = pytest.importorskip("safetensors.numpy").save_file
     data = load_dataset(small_data / "test.safetensors")
     # what someone bringing their own sequences writes: the format tag, no checksum
     save_file({"x": data.x, "y": data.y}, "mine.safetensors", metadata={"format": "spiralctl-dataset/1"})
-    result = CliRunner().invoke(app, ["info", "mine.safetensors", "--json"])
+    result = run("info", "mine.safetensors", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["checksum"] == "none stored"
-    result = CliRunner().invoke(app, ["eval", str(trained_run / "best.safetensors"), "mine.safetensors"])
+    assert json.loads(result.stdout)["checksum"] == "none stored"
+    result = run("eval", trained_run / "best.safetensors", "mine.safetensors")
     assert result.exit_code == 0 and result.stderr == "", result.output
-    expected = _predict(trained_run / "best.safetensors", small_data / "test.safetensors")
-    np.testing.assert_array_equal(_predict(trained_run / "best.safetensors", "mine.safetensors"), expected)
+    expected = _predict(run, trained_run / "best.safetensors", small_data / "test.safetensors")
+    np.testing.assert_array_equal(
+        _predict(run, trained_run / "best.safetensors", "mine.safetensors"), expected
+    )

@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from spiralctl.cli import app
 
 matplotlib = pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
 
@@ -22,12 +19,6 @@ def _decode(path) -> tuple[int, int]:
     assert image.ndim == 3 and image.shape[2] in (3, 4)
     assert image.std() > 0  # not a blank picture
     return image.shape[:2]
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-    return lambda *args: runner.invoke(app, [str(a) for a in args])
 
 
 def test_training_writes_loss_and_accuracy_plots(run, small_data):
@@ -45,7 +36,7 @@ def test_training_writes_loss_and_accuracy_plots(run, small_data):
 def test_plot_by_label_and_by_prediction(run, small_data, trained_run):
     result = run("plot", small_data / "test.safetensors", "-o", "labels.png", "--limit", 9, "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["sequences"] == 9 and report["total"] == 30 and report["coloured_by"] == "label"
     assert report["mistakes"] is None
     _decode("labels.png")
@@ -53,17 +44,15 @@ def test_plot_by_label_and_by_prediction(run, small_data, trained_run):
     checkpoint = trained_run / "best.safetensors"
     result = run("plot", small_data / "test.safetensors", "--checkpoint", checkpoint, "-o", "p.png", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     _decode("p.png")
-    predictions = CliRunner().invoke(
-        app, ["predict", str(checkpoint), str(small_data / "test.safetensors"), "--json"]
-    )
-    rows = [json.loads(line) for line in predictions.output.splitlines()]
+    predictions = run("predict", checkpoint, small_data / "test.safetensors", "--json")
+    rows = [json.loads(line) for line in predictions.stdout.splitlines()]
     assert report["mistakes"] == sum(row["label"] != row["true_label"] for row in rows)
 
     Path("points.csv").write_text("sequence,x,y\na,0,1\na,1,0\na,0,-1\n")
     result = run("plot", "points.csv", "-o", "unlabelled.png", "--json")
-    assert result.exit_code == 0 and json.loads(result.output)["coloured_by"] == "none"
+    assert result.exit_code == 0 and json.loads(result.stdout)["coloured_by"] == "none"
     _decode("unlabelled.png")
 
     result = run("plot", small_data / "test.safetensors", "-o", "out.jpg")
@@ -77,7 +66,7 @@ def test_without_matplotlib(run, small_data, monkeypatch):
         "train", "--data", small_data, "--epochs", 1, "--hidden", 4, "--batch-size", 32, "--out", "r"
     )
     assert result.exit_code == 0, result.output
-    notes = [line for line in result.output.splitlines() if line.startswith("note:")]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     install = 'pip install "spiralctl[plot]"'
     assert notes == [f"note: no loss.png/accuracy.png: plots need matplotlib; install it with: {install}"]
     assert not list(Path("r").glob("*.png")) and Path("r/best.safetensors").exists()

@@ -9,25 +9,13 @@ import math
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
-from spiralctl.cli import app
 from spiralctl.config import TrainConfig
 from spiralctl.runs import METRIC_COLUMNS
 
 SMALL = ("--epochs", 2, "--hidden", 4, "--batch-size", 32)
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [str(a) for a in args])
-
-    return invoke
 
 
 def _json_lines(output: str) -> list[dict]:
@@ -80,8 +68,9 @@ def test_bad_config_files_get_one_error_line(run, content, text):
     with open("config.json", "w") as handle:
         handle.write(content)
     result = run("train", "--config", "config.json")
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert result.stdout == ""
     assert text in lines[0]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import BAD_FILES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -276,8 +277,6 @@ def test_kill_9_leaves_every_checkpoint_loadable(tmp_path, many_steps_data):
 
 def _damaged_files(folder: Path, small_data: Path, trained_run: Path) -> dict[str, Path]:
     """Every kind of bad file, by name, as files in `folder`."""
-    from test_files import BAD_FILES
-
     files = {}
     for name, raw in BAD_FILES.items():
         files[name] = folder / f"{name.replace(' ', '-')}.safetensors"
