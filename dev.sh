@@ -35,6 +35,16 @@ ensure_clang() {
   apt_install clang
 }
 
+ensure_opencl() {  # OpenCL on the CPU (pocl): the GPU kernels' tests run on it; skipped without it
+  [ "$(uname)" = Darwin ] && return 0
+  ls /etc/OpenCL/vendors/*.icd >/dev/null 2>&1 && return 0
+  echo "OpenCL (pocl) not found: installing it for the GPU kernel tests" >&2
+  if ! { command -v apt-get >/dev/null 2>&1 && as_root apt-get update -qq &&
+         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocl-opencl-icd >/dev/null; }; then
+    echo "note: pocl could not be installed; the GPU kernel tests on OpenCL will be skipped" >&2
+  fi
+}
+
 ensure_venv() {  # ensure_venv EXTRAS
   if [ ! -x "$VENV/bin/python" ]; then
     if ! "$PYTHON" -m venv "$VENV" >/dev/null 2>&1; then
@@ -55,6 +65,7 @@ case "${1:-}" in
     ;;
   test)
     ensure_clang
+    ensure_opencl
     ensure_venv test
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .

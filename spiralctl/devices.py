@@ -37,6 +37,23 @@ class DeviceStatus:
     device: str
     ok: bool
     reason: str
+    renderer: str = ""  # what turns kernels into code there (for CUDA: NVRTC, or PTX without libnvrtc)
+    kernels: str = ""  # spiralctl's kernel family there: cpu or gpu
+
+
+# tinygrad renderer classes by what a user knows them as
+RENDERER_NAMES = {
+    "CUDARenderer": "NVRTC",
+    "PTXRenderer": "PTX",
+    "NVCCRenderer": "NVCC",
+    "ClangJITRenderer": "clang",
+}
+
+
+def renderer_name(renderer: object) -> str:
+    """A tinygrad renderer as a user knows it: CUDA compiled by NVRTC, or PTX, clang, LLVM, ..."""
+    name = type(renderer).__name__
+    return RENDERER_NAMES.get(name, name.removesuffix("Renderer"))
 
 
 def _missing_driver(base: str) -> str | None:
@@ -72,13 +89,21 @@ def probe(device: str) -> tuple[bool, str]:
 
 
 def list_backends() -> list[DeviceStatus]:
+    from spiralctl.kernels.threads import is_cpu
+
     rows = []
     for name, (devices, hint) in BACKENDS.items():
         for device in devices:
             ok, reason = probe(device)
             if not ok and name != "cpu" and "clang" not in reason:
                 reason = f"{reason} ({hint})"
-            rows.append(DeviceStatus(name, device, ok, reason))
+            renderer = ""
+            if ok:
+                from tinygrad import Device
+
+                renderer = renderer_name(Device[device].renderer)
+            family = ("cpu" if is_cpu(device) else "gpu") if ok else ""
+            rows.append(DeviceStatus(name, device, ok, reason, renderer, family))
     return rows
 
 
@@ -94,6 +119,13 @@ def resolve_device(requested: str = "auto") -> str:
     """Turn `auto`, `cpu`, `cuda`, `amd`, `metal` or a tinygrad device string into a working device."""
     name = requested.strip()
     key = name.lower()
+    if "," in name:
+        first = name.split(",")[0].strip() or "cuda:0"
+        raise SpiralError(
+            f"{name}: spiralctl runs on one device at a time; give one, such as {{device}} {first} "
+            "(cuda:1 is the second GPU)",
+            option="device",
+        )
     if key == "auto":
         for backend in AUTO_ORDER:
             for device in BACKENDS[backend][0]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from tinygrad import Tensor
 
+from spiralctl.kernels.family import kernel_family
 from spiralctl.kernels.layout import PackedBatch
-from spiralctl.kernels.lstm import lstm, sequence_forward
+from spiralctl.kernels.lstm import lstm_reference
 
 # PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
 PARAMETER_NAMES = (
@@ -57,27 +58,28 @@ class SpiralClassifier:
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], device: str) -> None:
         self.config = config
         self.device = device
+        self.kernels = kernel_family(device)  # the CPU or the GPU kernels, by device
         self.parameters = {
             name: Tensor(weights[name], device=device).contiguous().realize() for name in PARAMETER_NAMES
         }
 
     def __call__(self, x: Tensor, impl: str = "fused") -> Tensor:
+        """Differentiable by tinygrad's autograd: the fused kernels ("fused") or the plain
+        recurrence ("reference")."""
+        if impl not in ("fused", "reference"):
+            raise ValueError(f"unknown LSTM implementation {impl!r}; use fused or reference")
+        lstm = self.kernels.lstm_fused if impl == "fused" else lstm_reference
         p = self.parameters
-        h = lstm(
-            x,
-            p["lstm.weight_ih_l0"],
-            p["lstm.weight_hh_l0"],
-            p["lstm.bias_ih_l0"],
-            p["lstm.bias_hh_l0"],
-            impl=impl,
-        )
+        h = lstm(x, *(p[name] for name in PARAMETER_NAMES[:4]))
         return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
     def logits_packed(self, packed: Tensor, layout: PackedBatch) -> Tensor:
         """Logits of the sequences in a packed batch ([1, layout.size]): the fused forward kernel
         and the head."""
         p, batch, length = self.parameters, layout.batch, layout.length
-        hs = sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, length)[0]
+        hs = self.kernels.sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, length)[
+            0
+        ]
         return (hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -46,17 +46,19 @@ class Trainer:
     def __init__(self, model: SpiralClassifier, config: TrainConfig, total_steps: int = 1) -> None:
         self.model = model
         self.config = config
-        self.optimizer = FusedAdam([model.parameters[name] for name in PARAMETER_NAMES])
+        self.optimizer = FusedAdam(
+            [model.parameters[name] for name in PARAMETER_NAMES], kernel=model.kernels.adam_kernel
+        )
         self.step_count = 0
         self.total_steps = total_steps  # for the learning-rate schedule
         self._jits: dict[PackedBatch, TinyJit] = {}
         self._inputs: dict[PackedBatch, Tensor] = {}
 
     def _kernel_step(self, packed: Tensor, layout: PackedBatch) -> Tensor:
-        """One step as the custom kernels of spiralctl.kernels.step (four for the loss and the
-        gradients, one for Adam), all reading the packed batch directly. Returns [1, 2]."""
+        """One step as the model's kernel family runs it (spiralctl.kernels.step: the loss and the
+        gradients, then Adam), all reading the packed batch directly. Returns [1, 2]."""
         parameters = [self.model.parameters[name] for name in PARAMETER_NAMES]
-        result, grads, sources = step_gradients(packed, parameters, layout)
+        result, grads, sources = step_gradients(packed, parameters, layout, self.model.kernels)
         # one schedule: Adam needs every gradient, so it runs after all the kernels that read
         # the old parameters, and the five kernels compile together
         Tensor.realize(result, *self.optimizer.update(grads, sources, packed, offset=layout.scalars))

@@ -368,11 +368,11 @@ def file_info(console: Console, report: dict) -> None:
 def devices_table(console: Console, report: dict) -> None:
     rows = report["devices"]
     table = Table(title_justify="left")
-    for column in ("backend", "tinygrad device", "works", "why not"):
+    for column in ("backend", "tinygrad device", "works", "renderer", "kernels", "why not"):
         table.add_column(column)
     for row in rows:
         works = "[green]yes[/]" if row["ok"] else "[red]no[/]"
-        table.add_row(row["name"], row["device"], works, row["reason"])
+        table.add_row(row["name"], row["device"], works, row["renderer"], row["kernels"], row["reason"])
     console.print(table)
 
 

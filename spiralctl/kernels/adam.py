@@ -61,8 +61,10 @@ def adam_scalars(lr: float, step: int) -> np.ndarray:
 class FusedAdam:
     """Adam (PyTorch's defaults: betas 0.9, 0.999, eps 1e-8) over a list of parameter tensors."""
 
-    def __init__(self, params: list[Tensor]) -> None:
+    def __init__(self, params: list[Tensor], kernel=None) -> None:
+        """kernel: what builds the update kernel (a kernel family's adam_kernel; default the CPU's)."""
         self.params = params
+        self.kernel = kernel or _adam_kernel
         # filled from numpy: no kernel to compile before the first step
         self.exp_avg = [upload(staging_tensor(p.shape, p.device), np.zeros(p.shape)) for p in params]
         self.exp_avg_sq = [upload(staging_tensor(p.shape, p.device), np.zeros(p.shape)) for p in params]
@@ -85,7 +87,7 @@ class FusedAdam:
         1/(1-b2^t)] at flat position `offset`. Returns the tensors to realize."""
         count = len(self.params)
         states = [*self.params, *self.exp_avg, *self.exp_avg_sq]
-        fxn = functools.partial(_adam_kernel, count=count, sources=tuple(sources), offset=offset)
+        fxn = functools.partial(self.kernel, count=count, sources=tuple(sources), offset=offset)
         outputs = Tensor.custom_kernel(*states, *grads, scalars, fxn=fxn)
         for tensor, updated in zip(states, outputs):
             tensor.replace(updated)  # the kernel wrote into the same buffers

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import TYPE_CHECKING
 
 from tinygrad import Tensor, UOp, dtypes
 from tinygrad.dtype import AddrSpace
 from tinygrad.uop.ops import AxisType, KernelInfo
 
 from spiralctl.kernels.layout import PackedBatch
-from spiralctl.kernels.lstm import sequence_backward, sequence_forward
+
+if TYPE_CHECKING:
+    from spiralctl.kernels.family import KernelFamily
 
 LN2 = 0.6931471805599453
 
@@ -127,9 +130,10 @@ def _offset(first: int):
 
 
 def step_gradients(
-    packed: Tensor, parameters: list[Tensor], layout: PackedBatch
+    packed: Tensor, parameters: list[Tensor], layout: PackedBatch, family: KernelFamily
 ) -> tuple[Tensor, list[Tensor], list[tuple]]:
-    """One step's loss and right answers ([1, 2]) and gradients, from a packed batch.
+    """One step's loss and right answers ([1, 2]) and gradients, from a packed batch, with the
+    kernels of `family` (kernels/family.py).
 
     packed: [1, layout.size], as `PackedBatch` lays it out.
     parameters: W_ih, W_hh, b_ih, b_hh, head weight, head bias (PyTorch's order).
@@ -137,9 +141,10 @@ def step_gradients(
     """
     w_ih, w_hh, b_ih, b_hh, w_head, b_head = parameters
     hidden, inputs, batch = w_hh.shape[1], layout.inputs, layout.batch
-    hs, cs, tanh_cs, gates, xa = sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, layout.length)[:5]
-    results, dh_last, d_head = _head(hs, w_head, b_head, packed, batch, layout.labels)[:3]
-    _, d_w_hh, d_w_in = sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
+    forward = family.sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, layout.length)
+    hs, cs, tanh_cs, gates, xa = forward[:5]
+    results, dh_last, d_head = family.head(hs, w_head, b_head, packed, batch, layout.labels)[:3]
+    _, d_w_hh, d_w_in = family.sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
     sources = [
         (0, _columns(inputs + 1, 0, inputs)),  # W_ih: the first D columns of dW_in
         (1, _offset(0)),  # W_hh

@@ -1,0 +1,559 @@
+"""GPU-shaped custom kernels for spiralctl's training step and inference.
+
+The CPU family (kernels/lstm.py, step.py, adam.py) gives each thread a block of 16 batch columns
+and a whole recurrence, and runs the head and Adam as a single thread: right for clang's SIMD, a
+handful of threads on a GPU. This family keeps the same buffers, layouts (batch-last, [T, rows, B'])
+and results, and spreads the work over threads instead:
+
+- forward / backward recurrence: one workgroup per tile of batch columns, one thread per (hidden
+  unit, column); the state that every thread of a column needs (h_t forward, dz_t backward) lives in
+  local memory, with a workgroup barrier per time step.
+- weight gradients: one thread per output element, summing over time x batch.
+- head: one workgroup for the per-sequence loss and its reductions, then one thread per element of
+  dL/dh_T and one per head-gradient entry.
+- Adam: one thread per parameter element, every parameter in one launch.
+
+Each function takes and returns what its CPU counterpart does (kernels/family.py pairs them), so
+everything above the kernels is one code path; tests/test_gpu.py holds the two families together
+on tinygrad's PYTHON device and on OpenCL.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+
+from tinygrad import Tensor, UOp, dtypes
+from tinygrad.dtype import AddrSpace
+from tinygrad.uop.ops import AxisType, KernelInfo, Ops
+
+from spiralctl.kernels.adam import BETAS, EPS
+from spiralctl.kernels.lstm import _batch_padding, _sigmoid, _tanh
+from spiralctl.kernels.step import LN2
+
+# threads per workgroup we aim for: enough to hide latency, well under every backend's limit (1024)
+BLOCK = 256
+MAX_BLOCK = 1024
+
+
+def _pow2_divisor(size: int, most: int) -> int:
+    """The largest power of two that divides `size` and is at most `most` (at least 1)."""
+    tile = 1
+    while size % (tile * 2) == 0 and tile * 2 <= most:
+        tile *= 2
+    return tile
+
+
+def column_tile(padded: int, hidden: int) -> int:
+    """Batch columns per workgroup of the recurrence kernels: hidden x tile threads, about BLOCK.
+
+    A power of two dividing the padded batch, so no workgroup holds a partial tile."""
+    if hidden > MAX_BLOCK:
+        raise ValueError(f"hidden size {hidden} exceeds {MAX_BLOCK} threads per workgroup")
+    return _pow2_divisor(padded, max(1, BLOCK // hidden))
+
+
+class _Ids:
+    """Numbers one kernel's ranges and register / local buffers.
+
+    Serial loops are LOOP or REDUCE, never WEAK: tinygrad may turn a WEAK loop that is not inside
+    a GLOBAL range into part of the launch grid, and every thread would then run the whole loop."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+
+    def range(self, size: int, axis: AxisType) -> UOp:
+        return UOp.range(size, next(self._ids), axis)
+
+    def reg(self, size: int) -> UOp:
+        return UOp.placeholder((size,), dtypes.float, next(self._ids), addrspace=AddrSpace.REG)
+
+    def local(self, shape: tuple[int, ...]) -> UOp:
+        return UOp.placeholder(shape, dtypes.float, next(self._ids), addrspace=AddrSpace.LOCAL)
+
+    def total(self, size: int, term: Callable[[UOp], UOp], *deps: UOp) -> UOp:
+        """term(0) + ... + term(size - 1) summed serially in a register, after `deps`."""
+        acc = self.reg(1)
+        acc = acc.after(*deps)[0].set(0.0) if deps else acc[0].set(0.0)
+        i = self.range(size, AxisType.REDUCE)
+        return acc[0].set(acc.after(i)[0] + term(i), end=i)[0]
+
+
+def _clamp(index: UOp, ok: UOp | None) -> UOp:
+    """An index that is safe to load from where `ok` is false (the value is masked afterwards)."""
+    return index if ok is None else ok.where(index, 0)
+
+
+def _gated(index: UOp, ok: UOp | None) -> UOp:
+    """An index whose store only happens where `ok` holds. Use it on a `_flat` buffer: see there."""
+    return index if ok is None else index.valid(ok)
+
+
+def _flat(buffer: UOp) -> UOp:
+    """The buffer's flat PARAM, under the reshape that gives a custom-kernel buffer its shape.
+
+    A gated index that goes through a reshape is rewritten by tinygrad 0.14's movement-op rules
+    (schedule/indexing.py: pm_drop_and_clauses), which drop every clause of the gate whose ranges the
+    new index does not contain. A gate that pins a thread range (i < numel, slice == 0) then vanishes
+    and every thread stores: harmless for equal values, a race for Adam's read-modify-write.
+    Indexing the flat PARAM keeps the gate."""
+    while buffer.op is Ops.RESHAPE:
+        buffer = buffer.src[0]
+    return buffer
+
+
+# ---------------------------------------------------------------------------------------------
+# forward recurrence
+
+
+def _forward_kernel_gpu(
+    hs: UOp,
+    cs: UOp,
+    tanh_cs: UOp,
+    gates: UOp,
+    xa: UOp,
+    x: UOp,
+    w_ih: UOp,
+    b_ih: UOp,
+    b_hh: UOp,
+    w_hh: UOp,
+    *,
+    batch: int,
+) -> UOp:
+    """Same buffers and results as spiralctl.lstm._forward_kernel.
+
+    Grid: one workgroup per tile of batch columns; block: hidden x tile threads, thread (n, column)
+    owns unit n's four gate rows and its cell state for that column. h_t of the tile sits in local
+    memory, double-buffered by the parity of t so that one barrier per step (the one tinygrad puts
+    at the end of a loop that stores and loads local memory) orders both the reads of h_t and the
+    writes of h_{t+1}.
+    """
+    steps1, hidden, padded = hs.shape
+    steps, inputs = steps1 - 1, xa.shape[1] - 1
+    tile = column_tile(padded, hidden)
+    ids = _Ids()
+    x = x.flatten()
+    group = ids.range(padded // tile, AxisType.GLOBAL)
+    # the column first: it becomes the fastest thread index, so neighbouring threads touch neighbouring
+    # batch columns of the [.., rows, B'] buffers
+    col = ids.range(tile, AxisType.LOCAL)
+    n = ids.range(hidden, AxisType.LOCAL)
+    b = group * tile + col
+    real = None if padded == batch else b < batch
+
+    def x_at(t: UOp, d: UOp | int) -> UOp:
+        value = x[_clamp(b, real) * (steps * inputs) + t * inputs + d]
+        return value if real is None else real.where(value, 0.0)
+
+    # xa (only the weight gradients read it): thread n writes rows n, n + H, ... of its column
+    rows, per_thread = inputs + 1, -(-(inputs + 1) // hidden)
+    t, j = ids.range(steps, AxisType.LOOP), ids.range(per_thread, AxisType.LOOP)
+    r = n + j * hidden
+    row_ok = None if per_thread * hidden == rows else r < rows
+    value = (r < inputs).where(x_at(t, (r < inputs).where(r, 0)), 1.0)
+    copied = _flat(xa)[_gated((t * rows + r) * padded + b, row_ok)].store(value).end(j, t)
+
+    h_local = ids.local((2, hidden, tile))
+    init = UOp.group(h_local[0, n, col].store(0.0), hs[0, n, b].store(0.0), cs[0, n, b].store(0.0))
+    h_prev, c_prev = h_local.after(init), cs.after(init)
+
+    t = ids.range(steps, AxisType.LOOP)
+    xs = [x_at(t, d) for d in range(inputs)]
+    projection = [
+        sum(
+            (w_ih[q * hidden + n, d] * xs[d] for d in range(inputs)),
+            b_ih[q * hidden + n] + b_hh[q * hidden + n],
+        )
+        for q in range(4)
+    ]
+    acc = ids.reg(4).after(t)
+    acc = acc.after(UOp.group(*(acc[q].store(projection[q]) for q in range(4))))
+    k = ids.range(hidden, AxisType.REDUCE)
+    h_k = h_prev.after(t)[t % 2, k, col]
+    summed = UOp.group(*(acc[q].store(acc.after(k)[q] + w_hh[q * hidden + n, k] * h_k) for q in range(4)))
+    acc = acc.after(summed.end(k))
+    i, f, o = _sigmoid(acc[0]), _sigmoid(acc[1]), _sigmoid(acc[3])
+    g = _tanh(acc[2])
+    c_new = f * c_prev.after(t)[t, n, b] + i * g
+    tanh_c = _tanh(c_new)
+    h_new = o * tanh_c
+    stores = UOp.group(
+        *(gates[t, q * hidden + n, b].store(v) for q, v in enumerate((i, f, g, o))),
+        cs[t + 1, n, b].store(c_new),
+        tanh_cs[t, n, b].store(tanh_c),
+        hs[t + 1, n, b].store(h_new),
+        h_local[(t + 1) % 2, n, col].store(h_new),
+    ).end(t)
+    return (
+        UOp.group(copied, stores)
+        .end(n, col, group)
+        .sink(arg=KernelInfo(name="lstm_forward_gpu", opts_to_apply=()))
+    )
+
+
+def sequence_forward_gpu(
+    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, batch: int, steps: int, grad_fxn=None
+) -> list[Tensor]:
+    """Same arguments and return value as spiralctl.lstm.sequence_forward.
+
+    Returns every buffer of the custom kernel: hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated
+    gates: [T, 4H, B'], xa: [T, D+1, B'] (the inputs batch-last with a row of ones), then the inputs.
+    B' = batch + the CPU family's padding columns. `grad_fxn` is passed through unchanged (the kernel's
+    argument order is the CPU kernel's, so spiralctl.lstm._fused_gradient fits it).
+    """
+    hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
+    padded = batch + _batch_padding(batch)
+    return Tensor.custom_kernel(
+        Tensor.empty(steps + 1, hidden, padded, device=device),
+        Tensor.empty(steps + 1, hidden, padded, device=device),
+        Tensor.empty(steps, hidden, padded, device=device),
+        Tensor.empty(steps, 4 * hidden, padded, device=device),
+        Tensor.empty(steps, inputs + 1, padded, device=device),
+        x,
+        w_ih,
+        b_ih,
+        b_hh,
+        w_hh,
+        fxn=functools.partial(_forward_kernel_gpu, batch=batch),
+        grad_fxn=grad_fxn,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# backward through time
+
+
+def _backward_kernel_gpu(
+    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
+) -> UOp:
+    """Same buffers and results as spiralctl.lstm._backward_kernel.
+
+    Grid and block as the forward kernel. Thread (n, column) turns unit n's dh, dc into its four
+    gate gradients, then dh_{t-1}[n] = sum_j W_hh[j, n] dz[j] needs every row of the column: dz_t of
+    the tile goes through local memory (barrier after the writes, and one at the end of the step
+    before the next step overwrites it). dc and dh stay in the thread's own rows of the carry
+    buffers.
+    """
+    steps, hidden4, padded = dz.shape
+    hidden = hidden4 // 4
+    tile = column_tile(padded, hidden)
+    ids = _Ids()
+    group = ids.range(padded // tile, AxisType.GLOBAL)
+    col = ids.range(tile, AxisType.LOCAL)
+    n = ids.range(hidden, AxisType.LOCAL)
+    b = group * tile + col
+    init = UOp.group(dc_carry[steps, n, b].store(0.0), dh_carry[steps, n, b].store(dh_last[n, b]))
+    dc0, dh0 = dc_carry.after(init), dh_carry.after(init)
+
+    r = ids.range(steps, AxisType.LOOP)
+    t = (steps - 1) - r
+    dh = dh0.after(r)[t + 1, n, b]
+    i, f, g, o = (gates[t, q * hidden + n, b] for q in range(4))
+    tanh_c = tanh_cs[t, n, b]
+    dc = dc0.after(r)[t + 1, n, b] + dh * o * (1 - tanh_c * tanh_c)
+    grads = (
+        dc * g * i * (1 - i),
+        dc * cs[t, n, b] * f * (1 - f),
+        dc * i * (1 - g * g),
+        dh * tanh_c * o * (1 - o),
+    )
+    dz_local = ids.local((hidden4, tile))
+    written = UOp.group(
+        *(dz[t, q * hidden + n, b].store(v) for q, v in enumerate(grads)),
+        *(dz_local[q * hidden + n, col].store(v) for q, v in enumerate(grads)),
+        dc_carry[t, n, b].store(dc * f),
+    )
+    shared = dz_local.after(written)
+    back = ids.total(hidden4, lambda j: w_hh[j, n] * shared[j, col], written)
+    done = dh_carry[t, n, b].store(back).end(r)
+    return done.end(n, col, group).sink(arg=KernelInfo(name="lstm_backward_gpu", opts_to_apply=()))
+
+
+def weight_gradient_slices(padded: int, columns: int) -> int:
+    """Threads that share one output element's sum over the batch: a power of two dividing the
+    padded batch, at most 16 and at most what leaves columns x slices within MAX_BLOCK."""
+    return _pow2_divisor(padded, max(1, min(16, MAX_BLOCK // columns)))
+
+
+def _batch_dot_kernel(out: UOp, a: UOp, b_in: UOp, *, name: str) -> UOp:
+    """out[j, c] = sum over t < T and every batch column b of a[t, j, b] * b_in[t, c, b].
+
+    Grid: one workgroup per row j. Block: `slices` x columns threads; slice s of column c sums the
+    batch columns s, s + S, ... of every time step (neighbouring threads read neighbouring batch
+    columns), then the slices' partial sums are added through local memory by slice 0.
+    The batch sum of each time step is kept apart from the running total over time, which keeps
+    float32 rounding near the CPU family's lane-split sums.
+    """
+    steps, rows, padded = a.shape
+    columns = b_in.shape[1]
+    slices = weight_gradient_slices(padded, columns)
+    ids = _Ids()
+    j = ids.range(rows, AxisType.GLOBAL)
+    s = ids.range(slices, AxisType.LOCAL)
+    c = ids.range(columns, AxisType.LOCAL)
+    outer = ids.reg(1)
+    outer = outer[0].set(0.0)
+    t = ids.range(steps, AxisType.REDUCE)
+
+    def term(i: UOp) -> UOp:
+        b = i * slices + s
+        return a[t, j, b] * b_in[t, c, b]
+
+    inner = ids.total(padded // slices, term, outer, t)
+    partial = outer[0].set(outer.after(t)[0] + inner, end=t)[0]
+    shared = ids.local((columns, slices))
+    shared = shared.after(shared[c, s].store(partial))
+    total = ids.total(slices, lambda k: shared[c, k])
+    done = _flat(out)[_gated(j * columns + c, s < 1)].store(total)
+    return done.end(c, s, j).sink(arg=KernelInfo(name=name, opts_to_apply=()))
+
+
+def weight_gradients_gpu(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
+    """Same arguments and return value as spiralctl.lstm._weight_gradients: (dW_hh: [4H, H],
+    dW_in: [4H, D+1], W_ih's gradient with the biases' as its last column).
+
+    Differs in that it is two kernels (one per output, so that no thread loads both operands and
+    picks one) and has no partial-sum scratch buffers.
+    """
+    hidden4, device = dz.shape[1], dz.device
+    d_w_hh, *_ = Tensor.custom_kernel(
+        Tensor.empty(hidden4, hs.shape[1], device=device),
+        dz,
+        hs,
+        fxn=functools.partial(_batch_dot_kernel, name="lstm_weight_grad_hh_gpu"),
+    )
+    d_w_in, *_ = Tensor.custom_kernel(
+        Tensor.empty(hidden4, xa.shape[1], device=device),
+        dz,
+        xa,
+        fxn=functools.partial(_batch_dot_kernel, name="lstm_weight_grad_in_gpu"),
+    )
+    return d_w_hh, d_w_in
+
+
+def sequence_backward_gpu(
+    dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Same arguments and return value as spiralctl.lstm.sequence_backward: (dz: [T, 4H, B'],
+    dW_hh: [4H, H], dW_in: [4H, D+1])."""
+    steps1, hidden, padded = hs.shape
+    steps, device = steps1 - 1, hs.device
+    dz, *_ = Tensor.custom_kernel(
+        Tensor.empty(steps, 4 * hidden, padded, device=device),
+        Tensor.empty(steps1, hidden, padded, device=device),
+        Tensor.empty(steps1, hidden, padded, device=device),
+        dh_last,
+        cs,
+        tanh_cs,
+        gates,
+        w_hh,
+        fxn=_backward_kernel_gpu,
+    )
+    d_w_hh, d_w_in = weight_gradients_gpu(dz, hs, xa)
+    return dz, d_w_hh, d_w_in
+
+
+def _fused_gradient_gpu(grad: UOp, call: UOp) -> tuple:
+    """spiralctl.lstm._fused_gradient on the GPU kernels: the same gradients, in the same order."""
+    outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]
+    hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
+    batch, steps, inputs = x.shape
+    hidden = hs.shape[1]
+    dz, d_w_hh, d_w_in = sequence_backward_gpu(Tensor(grad)[steps], hs, cs, tanh_cs, gates, xa, Tensor(w_hh))
+    # the inputs' gradient (scheduled only when something needs it) is W_ih^T dz[t]
+    w = Tensor(w_ih).reshape(1, 4 * hidden, inputs, 1)
+    d_x = (w * dz.reshape(steps, 4 * hidden, 1, -1)).sum(1)[:, :, :batch].permute(2, 0, 1)
+    d_bias = d_w_in[:, inputs]
+    return (None, None, None, None, None, d_x.uop, d_w_in[:, :inputs].uop, d_bias.uop, d_bias.uop, d_w_hh.uop)
+
+
+def lstm_fused_gpu(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """Same arguments and result as spiralctl.lstm.lstm_fused: h_T [B, H], differentiable by tinygrad's
+    autograd through the GPU backward kernels."""
+    batch, steps, _ = x.shape
+    hs, *_ = sequence_forward_gpu(
+        x.contiguous(), w_ih, w_hh, b_ih, b_hh, batch, steps, grad_fxn=_fused_gradient_gpu
+    )
+    return hs[steps, :, :batch].permute(1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# head and loss
+
+
+def head_threads(batch: int) -> int:
+    """Threads of the head's single workgroup: a power of two, 32 to BLOCK."""
+    return min(BLOCK, max(32, 1 << (batch - 1).bit_length()))
+
+
+def _head_loss_kernel(
+    out: UOp, per_sequence: UOp, hs: UOp, w_head: UOp, b_head: UOp, packed: UOp, *, batch: int, offset: int
+) -> UOp:
+    """The loss part of the head: one workgroup, thread k takes columns k, k + K, ...
+
+    The count of real sequences is reduced through local memory first (dL/dlogit divides by it),
+    then the loss and the right answers; thread 0 writes out. per_sequence[:, b] as the CPU head.
+    """
+    _, hidden, _ = hs.shape
+    steps = hs.shape[0] - 1
+    threads = head_threads(batch)
+    per_thread = -(-batch // threads)
+    packed = packed.flatten()
+    ids = _Ids()
+    k = ids.range(threads, AxisType.LOCAL)
+
+    def columns() -> tuple[UOp, UOp, UOp | None]:
+        j = ids.range(per_thread, AxisType.LOOP)
+        b = k + j * threads
+        ok = None if per_thread * threads == batch else b < batch
+        return j, b, ok
+
+    def mask(b: UOp, ok: UOp | None) -> UOp:
+        m = packed[offset + batch + _clamp(b, ok)]
+        return m if ok is None else ok.where(m, 0.0)
+
+    # pass 1: this thread's share of the mask count
+    j, b, ok = columns()
+    part = ids.reg(1)
+    part = part[0].set(0.0)
+    part = part[0].set(part.after(j)[0] + mask(b, ok), end=j)
+    counts = ids.local((threads,))
+    counts = counts.after(counts[k].store(part[0]))
+    count = ids.total(threads, lambda i: counts[i])
+
+    # pass 2: per sequence, with the count known
+    j, b, ok = columns()
+    bc = _clamp(b, ok)
+    parts = ids.reg(2).after(count)
+    parts = parts.after(UOp.group(parts[0].store(0.0), parts[1].store(0.0)))
+    loop = parts.after(j)
+    logit = ids.total(hidden, lambda n: w_head[0, n] * hs[steps, n, bc], j) + b_head[0]
+    y, m = packed[offset + bc], mask(b, ok)
+    # loss = max(z, 0) - z*y + log(1 + exp(-|z|)); sigmoid(z) from the same exp(-|z|)
+    e = (logit * (logit < 0).where(1.0, -1.0)).exp()
+    p = (logit < 0).where(e, 1.0) / (1.0 + e)
+    loss = ((logit < 0).where(0.0, logit) - logit * y + (1.0 + e).log2() * LN2) * m
+    right = (((logit > 0).where(1.0, 0.0) - y).abs() < 0.5).where(m, 0.0)
+    flat = _flat(per_sequence)
+    stored = UOp.group(
+        flat[_gated(b, ok)].store((p - y) * m / count),
+        flat[_gated(batch + b, ok)].store(loss),
+        flat[_gated(2 * batch + b, ok)].store(right),
+        parts[0].store(loop[0] + loss),
+        parts[1].store(loop[1] + right),
+    ).end(j)
+    parts = parts.after(stored)
+    sums = ids.local((2, threads))
+    sums = sums.after(UOp.group(sums[0, k].store(parts[0]), sums[1, k].store(parts[1])))
+    first = k < 1
+    loss_sum = ids.total(threads, lambda i: sums[0, i])
+    right_sum = ids.total(threads, lambda i: sums[1, i])
+    out = _flat(out)
+    results = UOp.group(
+        out[_gated(UOp.const(0, k.dtype), first)].store(loss_sum / count),
+        out[_gated(UOp.const(1, k.dtype), first)].store(right_sum),
+    )
+    return results.end(k).sink(arg=KernelInfo(name="lstm_head_loss_gpu", opts_to_apply=()))
+
+
+def _head_into_h_kernel(dh_last: UOp, per_sequence: UOp, w_head: UOp, *, batch: int) -> UOp:
+    """dL/dh_T[n, b] = dL/dlogit[b] * w_head[n] (zero in padding columns): one thread per element."""
+    hidden, padded = dh_last.shape
+    tile = _pow2_divisor(padded, BLOCK)
+    ids = _Ids()
+    n = ids.range(hidden, AxisType.GLOBAL)
+    group = ids.range(padded // tile, AxisType.GLOBAL)
+    col = ids.range(tile, AxisType.LOCAL)
+    b = group * tile + col
+    if padded == batch:
+        into = per_sequence[0, b] * w_head[0, n]
+    else:
+        into = (b < batch).where(per_sequence[0, (b < batch).where(b, 0)] * w_head[0, n], 0.0)
+    return (
+        dh_last[n, b]
+        .store(into)
+        .end(col, group, n)
+        .sink(arg=KernelInfo(name="lstm_head_dh_gpu", opts_to_apply=()))
+    )
+
+
+def _head_weights_kernel(d_head: UOp, per_sequence: UOp, hs: UOp, *, batch: int) -> UOp:
+    """d_head[n] = sum_b dL/dlogit[b] h_T[n, b] and d_head[H] = sum_b dL/dlogit[b]: one thread each."""
+    steps, hidden = hs.shape[0] - 1, hs.shape[1]
+    ids = _Ids()
+    n = ids.range(hidden + 1, AxisType.LOCAL)
+    is_w = n < hidden
+    nc = is_w.where(n, 0)
+    total = ids.total(batch, lambda b: per_sequence[0, b] * is_w.where(hs[steps, nc, b], 1.0))
+    return d_head[n].store(total).end(n).sink(arg=KernelInfo(name="lstm_head_weights_gpu", opts_to_apply=()))
+
+
+def head_gpu(
+    hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
+) -> list[Tensor]:
+    """Same arguments and return value as spiralctl.step._head: [out [1, 2] (mean masked loss, right
+    answers), dh_last: [H, B'], d_head: [H + 1], per_sequence: [3, B]].
+
+    Differs in that it is three kernels (the loss, then dL/dh_T and the head gradients, which need
+    every dL/dlogit), and returns only these four tensors, not the kernel's inputs after them.
+    """
+    _, hidden, padded = hs.shape
+    device = hs.device
+    out, per_sequence, *_ = Tensor.custom_kernel(
+        Tensor.empty(1, 2, device=device),
+        Tensor.empty(3, batch, device=device),
+        hs,
+        w_head,
+        b_head,
+        packed,
+        fxn=functools.partial(_head_loss_kernel, batch=batch, offset=offset),
+    )
+    dh_last, *_ = Tensor.custom_kernel(
+        Tensor.empty(hidden, padded, device=device),
+        per_sequence,
+        w_head,
+        fxn=functools.partial(_head_into_h_kernel, batch=batch),
+    )
+    d_head, *_ = Tensor.custom_kernel(
+        Tensor.empty(hidden + 1, device=device),
+        per_sequence,
+        hs,
+        fxn=functools.partial(_head_weights_kernel, batch=batch),
+    )
+    return [out, dh_last, d_head, per_sequence]
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam
+
+
+def _adam_kernel_gpu(*buffers: UOp, count: int, sources: tuple, offset: int) -> UOp:
+    """Same buffers, `sources` and results as spiralctl.optim._adam_kernel.
+
+    One thread per element of the largest parameter; thread i updates element i of every parameter
+    that has one (smaller parameters' stores are gated), so one launch covers them all and even the
+    one-element head bias is not a kernel of its own.
+    """
+    params, exp_avg, exp_avg_sq = buffers[:count], buffers[count : 2 * count], buffers[2 * count : 3 * count]
+    grads, scalars = buffers[3 * count : -1], buffers[-1].flatten()
+    lr, correction1, correction2 = (scalars[offset + k] for k in range(3))
+    b1, b2 = BETAS
+    size = max(p.numel() for p in params)
+    tile = _pow2_divisor(size, BLOCK)
+    ids = _Ids()
+    group = ids.range(size // tile, AxisType.GLOBAL)
+    lane = ids.range(tile, AxisType.LOCAL)
+    i = group * tile + lane
+    updates = []
+    for p, m, v, (g, index) in zip(params, exp_avg, exp_avg_sq, sources):
+        p, m, v, g = _flat(p), _flat(m), _flat(v), grads[g].flatten()
+        ok = None if p.numel() == size else i < p.numel()
+        at = _clamp(i, ok)
+        grad = g[index(at)]
+        m_new = m[at] * b1 + grad * (1 - b1)
+        v_new = v[at] * b2 + grad * grad * (1 - b2)
+        step = lr * (m_new * correction1) / ((v_new * correction2).sqrt() + EPS)
+        to = _gated(i, ok)
+        updates.append(UOp.group(m[to].store(m_new), v[to].store(v_new), p[to].store(p[at] - step)))
+    return UOp.group(*updates).end(lane, group).sink(arg=KernelInfo(name="adam_gpu", opts_to_apply=()))
