@@ -536,3 +536,20 @@ def test_several_devices_at_once_are_refused_clearly(run, device):
     result = run("train", "--device", device)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: --device {device}: spiralctl runs on one device at a time")
+
+
+def test_the_gpu_check_says_when_its_device_does_not_work(tmp_path):
+    """benchmarks/gpu_check.py on a machine without the GPU: one clear line and exit code 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--device", "METAL", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "METAL does not work here" in result.stdout
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["devices"][0]["device"] == "CPU"
