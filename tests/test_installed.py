@@ -65,7 +65,10 @@ def test_shell_completion_completes_commands_and_choices():
         }
         result = _run(env=env)
         assert result.returncode == 0 and expected in result.stdout.split(), (words, result)
-    shown = _run("--show-completion", "bash")
+    # the shell named (Typer otherwise guesses it from the parent processes, which a test run varies)
+    shown = _run(
+        "--show-completion", "bash", env={**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    )
     assert "_spiralctl_completion" in shown.stdout, shown
 
 
