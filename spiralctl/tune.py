@@ -1157,7 +1157,10 @@ def search_plots(study, out: Path) -> dict:
         axes.scatter(numbers, values, s=16, label="trial")
         axes.step(numbers, running, where="post", color="C3", label="best so far")
         axes.set_xlabel("trial")
-        axes.set_ylabel(study.user_attrs.get("spiralctl", {}).get("metric", "value"))
+        metric = study.user_attrs.get("spiralctl", {}).get("metric", "value")
+        axes.set_ylabel(metric)
+        if metric == "val_loss" and min(values) > 0:
+            axes.set_yscale("log")
         axes.set_title("optimization history")
         axes.legend()
         written.append(str(_save(figure, out / "optimization_history.png")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -20,7 +21,11 @@ def _number(value: float | None) -> str:
 
 
 def _param(value) -> str:
-    return _number(value) if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# short column titles, so that the table fits 80 columns
+HEADER = {"batch_size": "batch", "lr_schedule": "schedule"}
 
 
 def _seconds(value: float | None) -> str:
@@ -29,14 +34,16 @@ def _seconds(value: float | None) -> str:
 
 def trials_table(rows: list[dict], metric: str | None, title: str | None = None) -> Table:
     """One line per trial: state, parameters, best validation metric, epochs, time."""
-    table = Table(title=title, title_justify="left")
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False
+    )
     names = list(dict.fromkeys(name for row in rows for name in row.get("params", {})))
     notes = {row["trial"]: _note(row) for row in rows}
     table.add_column("trial", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for name in names:
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column(f"best {METRIC_LABEL.get(metric or '', 'value')}", justify="right", no_wrap=True)
+        table.add_column(HEADER.get(name, name), justify="right", no_wrap=True)
+    table.add_column(METRIC_LABEL.get(metric or "", "value"), justify="right", no_wrap=True)
     table.add_column("epochs", justify="right", no_wrap=True)
     table.add_column("time", justify="right", no_wrap=True)
     if any(notes.values()):
@@ -102,7 +109,9 @@ class TuneProgress:
                 f"{info['workers']} worker{'s' if info['workers'] > 1 else ''} on {devices} -> {info['out']}"
             )
             if self.console.is_terminal:
-                self.live = Live(console=self.console, get_renderable=self._render, refresh_per_second=4)
+                self.live = Live(
+                    console=self.console, get_renderable=self._render, refresh_per_second=4, transient=True
+                )
                 self.live.start()
         elif event == "trial_start":
             self.rows[info["trial"]] = {
