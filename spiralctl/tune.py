@@ -606,27 +606,54 @@ class _AskLock:
 
 
 class _Stop:
-    """Between trials, Ctrl-C and SIGTERM ask the worker to stop (fit() handles them while a
-    trial trains, and restores this handler after)."""
+    """Between trials, Ctrl-C and SIGTERM ask the worker to stop. While a trial trains, fit()
+    handles them with its own handler; one that reaches fit() during the trial's last step is
+    still seen here, through the signal wakeup pipe, so the tune stops after that trial."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict = {}
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
 
+    def poll(self) -> int | None:
+        """The stop asked for, also when the signal went to fit()'s handler."""
+        if self.received is None and self._pipe is not None:
+            try:
+                arrived = os.read(self._pipe[0], 512)
+            except (BlockingIOError, InterruptedError):
+                arrived = b""
+            for sig in self.SIGNALS:
+                if int(sig) in arrived:
+                    self.received = int(sig)
+        return self.received
+
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            self._pipe = (read, write)
+            self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def _interrupted(message: str) -> SpiralError:
@@ -708,8 +735,10 @@ class _Worker:
             waiting_for = ()
             self._finished()
 
-    def _check_stop(self) -> None:
-        if self.stop is not None and self.stop.received is not None:
+    def _check_stop(self, poll: bool = True) -> None:
+        """Raise when a stop was asked for. Inside a trial (poll False) only a signal that came
+        before fit() took over counts: fit() itself stops at the next step, saving its place."""
+        if self.stop is not None and (self.stop.poll() if poll else self.stop.received) is not None:
             raise _interrupted(
                 f"{signal.Signals(self.stop.received).name}: stopped between trials; "
                 "run the same command again to continue the study"
@@ -808,7 +837,7 @@ class _Worker:
         better = min if self.config.direction == "minimize" else max
 
         def on_progress(event: str, info: dict) -> None:
-            self._check_stop()
+            self._check_stop(poll=False)
             if event != "epoch":
                 return
             trial.report(info[metric], info["epoch"])
