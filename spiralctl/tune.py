@@ -42,6 +42,7 @@ METRICS = {"val_loss": "minimize", "val_accuracy": "maximize"}
 PRUNERS = ("median", "none")
 MAX_RETRIES = 3  # a trial whose worker dies this often (out of memory, say) is not queued again
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
+MAX_FAILURES_IN_A_ROW = 3  # then the search space is likely wrong (every trial diverges, say): stop
 
 ProgressCallback = Callable[[str, dict], None]
 
@@ -693,6 +694,7 @@ class _Worker:
         self.study, self.rdb = _open_study(spec)
         self.lock = _AskLock(spec.storage, self.rdb, spec.study)
         self.current: int | None = None
+        self.failures = 0  # this worker's failed trials in a row
         self.stop: _Stop | None = None
 
     @property
@@ -873,6 +875,13 @@ class _Worker:
         row = trial_row(trial, self.config.direction)
         row["new_best"] = update_best(self.study, self.spec.out) == trial.number
         self.emit("trial", row)
+        self.failures = self.failures + 1 if row["state"] == "fail" else 0
+        if self.failures >= MAX_FAILURES_IN_A_ROW:
+            raise SpiralError(
+                f"{self.failures} trials in a row failed "
+                f"(trial {trial.number}: {row.get('error', 'failed')}); check the search space",
+                exit_code=EXIT_FAILURE,
+            )
 
 
 def trial_row(trial, direction: str) -> dict:

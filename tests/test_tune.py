@@ -428,6 +428,22 @@ def test_postgresql_worker_killed_mid_trial(tiny_data, database):
     _assert_no_password(second.stdout, second.stderr)
 
 
+def test_diverging_trials_fail_and_three_in_a_row_stop_the_tune(run, tiny_data):
+    result = run(
+        "tune", "--data", tiny_data, "--trials", 5, *TINY, "--lr", "1e38", "--out", "t", "--json-progress"
+    )
+    assert result.exit_code == 1
+    rows = _json_lines(result.stdout)
+    assert [r["state"] for r in rows] == ["fail"] * 3 and "training loss became" in rows[0]["error"]
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: 3 trials in a row failed (trial 2: training loss became"
+    )
+    assert _study("t")["counts"]["fail"] == 3
+
+
 def test_library_errors_are_spiral_errors(tmp_path):
     with pytest.raises(SpiralError, match="no study journal there"):
         tuning.show(str(tmp_path))
+    (tmp_path / "study.journal").write_text("")
+    with pytest.raises(SpiralError, match="no study named 'nope'"):
+        tuning.show(str(tmp_path), "nope")
