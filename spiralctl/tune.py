@@ -333,7 +333,7 @@ def open_storage(storage: Storage, heartbeat: int = 10):
 
         try:
             storage.journal.parent.mkdir(parents=True, exist_ok=True)
-            lock = _JournalLock(f"{storage.journal}.lock")
+            lock = _JournalLock(str(_beside(storage.journal, "lock")))
             return JournalStorage(JournalFileBackend(str(storage.journal), lock_obj=lock))
         except Exception as exc:
             raise _storage_error(storage, exc) from None
@@ -353,6 +353,12 @@ def open_storage(storage: Storage, heartbeat: int = 10):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise _storage_error(storage, exc) from None
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    """A hidden lock file next to a journal or SQLite file: DIR/.NAME.SUFFIX."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{suffix}")
 
 
 class _JournalLock:
@@ -570,7 +576,7 @@ class _AskLock:
         dialect = self.storage.dialect
         if dialect in ("journal", "sqlite"):
             path = self.storage.journal or Path(self.rdb.engine.url.database or "")
-            handle = open(f"{path}.ask.lock", "a")
+            handle = open(_beside(path, "ask.lock"), "a")
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._release = lambda: (fcntl.flock(handle, fcntl.LOCK_UN), handle.close())
         elif dialect in ("postgresql", "mysql", "mariadb"):
@@ -1146,6 +1152,7 @@ def summarize(
             "params": best.params,
             "run_dir": run_dir,
             "host": best.user_attrs.get("host"),
+            "elsewhere": best.user_attrs.get("host") not in (None, socket.gethostname()),
             "checkpoint": f"{run_dir}/best.safetensors" if run_dir else None,
             "config": f"{run_dir}/config.json" if run_dir else None,
             "repeat": f"spiralctl train --config {run_dir}/config.json" if run_dir else None,

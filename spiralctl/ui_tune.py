@@ -180,7 +180,7 @@ def tune_summary(console: Console, summary: dict) -> None:
         table.add_row("best trial", f"{best['trial']}: {label} {_number(best['value'])}")
         table.add_row("parameters", "  ".join(f"{k} {_param(v)}" for k, v in best["params"].items()))
         if best.get("checkpoint"):
-            host = f" (on {best['host']})" if best.get("host") else ""
+            host = f" (on {best['host']})" if best.get("elsewhere") else ""
             table.add_row("checkpoint", best["checkpoint"] + host)
         if summary.get("best_checkpoint"):
             table.add_row("best copy", summary["best_checkpoint"])
