@@ -42,6 +42,7 @@ METRICS = {"val_loss": "minimize", "val_accuracy": "maximize"}
 PRUNERS = ("median", "none")
 MAX_RETRIES = 3  # a trial whose worker dies this often (out of memory, say) is not queued again
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
+INTERRUPTED_CODES = (EXIT_INTERRUPTED, 128 + signal.SIGTERM)  # training stopped by Ctrl-C or SIGTERM
 MAX_FAILURES_IN_A_ROW = 3  # then the search space is likely wrong (every trial diverges, say): stop
 
 ProgressCallback = Callable[[str, dict], None]
@@ -805,7 +806,7 @@ class _Worker:
         try:
             self.study.optimize(self._objective, n_trials=1, catch=(_TrialFailed,), gc_after_trial=False)
         except SpiralError as exc:
-            if exc.exit_code == EXIT_INTERRUPTED and self.current is not None:
+            if exc.exit_code in INTERRUPTED_CODES and self.current is not None:
                 self._requeue_current()
                 raise _interrupted(
                     f"{exc.message.split(';')[0]}; trial {self.current} will run again: "
@@ -910,6 +911,7 @@ def trial_row(trial, direction: str) -> dict:
         "seconds": seconds,
         "run_dir": trial.user_attrs.get("run_dir"),
         "host": trial.user_attrs.get("host"),
+        "device": trial.user_attrs.get("device"),
     }
     if "retry_of" in trial.user_attrs:
         row["retry_of"] = trial.user_attrs["retry_of"]

@@ -338,14 +338,14 @@ def test_kill_9_mid_trial_then_rerun(tiny_data):
     assert killed["state"] == "fail" and retry["params"] == killed["params"]
 
 
-def test_workers_option_runs_processes(run, tiny_data):
-    result = run(
-        "tune", "--data", tiny_data, "--trials", 4, *TINY, "--workers", 2, "--json-progress", "--out", "w"
-    )
+def test_one_worker_process_per_device(run, tiny_data):
+    result = run("tune", "--data", tiny_data, "--trials", 4, *TINY, "--device", "cpu,CPU", "--json-progress")
     assert result.exit_code == 0, result.output
+    assert "2 workers on cpu, CPU" in result.stderr
     objects = _json_lines(result.stdout)
     assert sorted(o["trial"] for o in objects if o["event"] == "trial") == [0, 1, 2, 3]
     assert _finished(objects[-1]) == 4
+    assert {row["device"] for row in objects[-1]["trials"]} <= {"cpu", "CPU"}
 
 
 # ---------------------------------------------------------------------------------------------
