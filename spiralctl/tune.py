@@ -583,8 +583,8 @@ class _AskLock:
         elif dialect in ("postgresql", "mysql", "mariadb"):
             from sqlalchemy import text
 
-            key = int.from_bytes(uuid.uuid5(uuid.NAMESPACE_URL, f"spiralctl:{self.study}").bytes[:8], "big")
-            key -= 1 << 63 if key >= 1 << 63 else 0
+            name = uuid.uuid5(uuid.NAMESPACE_URL, f"spiralctl:{self.study}")
+            key = int.from_bytes(name.bytes[:8], "big", signed=True)  # PostgreSQL's bigint
             connection = self.rdb.engine.connect()
             if dialect == "postgresql":
                 lock, unlock, args = (
