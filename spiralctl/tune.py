@@ -1107,16 +1107,23 @@ def tune(
         raise SpiralError(
             f"the study failed: {scrub(f'{type(exc).__name__}: {exc}', where.url)}", exit_code=EXIT_FAILURE
         ) from None
-    summary = summarize(study, where, out=out, heartbeat=config.heartbeat, plots=plots)
+    summary = summarize(study, where, out=out, heartbeat=config.heartbeat, plots=plots, write=True)
     summary["target"] = config.trials
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
 def summarize(
-    study: str, storage: Storage, *, out: Path | None = None, heartbeat: int = 10, plots: bool = False
+    study: str,
+    storage: Storage,
+    *,
+    out: Path | None = None,
+    heartbeat: int = 10,
+    plots: bool = False,
+    write: bool = False,
 ) -> dict:
-    """A study at a glance: every trial's row, the counts, the best trial and where its files are."""
+    """A study at a glance: every trial's row, the counts, the best trial and where its files are.
+    With `write`, also bring OUT/best.safetensors up to date and draw the plots of the search."""
     _optuna()
     spec = WorkerSpec(
         TuneConfig(trials=1, heartbeat=heartbeat), storage, study, out or Path("."), None, "auto", False
@@ -1160,10 +1167,11 @@ def summarize(
             "repeat": f"spiralctl train --config {run_dir}/config.json" if run_dir else None,
         }
         if out is not None:
-            update_best(loaded, out)
+            if write:
+                update_best(loaded, out)
             if (out / "best.safetensors").exists() and _best_record(out) == best.number:
                 summary["best_checkpoint"] = str(out / "best.safetensors")
-    if plots and out is not None and complete:
+    if write and plots and out is not None and complete:
         summary.update(search_plots(loaded, out))
     return summary
 
