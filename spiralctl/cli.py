@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -104,8 +105,9 @@ def _internal_error(exc: BaseException, state: State) -> int:
 app = typer.Typer(
     cls=SpiralGroup,
     help="Generate spiral sequence datasets, then train, evaluate and run an LSTM classifier on tinygrad.\n\n"
-    "The commands in the order you meet them: gen-data, train, eval, predict; then plot, export, "
-    "info and devices. `spiralctl COMMAND --help` shows each one's options and examples.",
+    "The commands in the order you meet them: gen-data, train (tune searches its settings), eval, "
+    "predict; then plot, export, info and devices. `spiralctl COMMAND --help` shows each one's options "
+    "and examples.",
     add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -438,6 +440,185 @@ def train(
         ui.train_summary(console, result)
     if "plots_unavailable" in result and not quiet:
         ui.note(f"no loss.png/accuracy.png: {result['plots_unavailable']}")
+
+
+class Metric(str, Enum):
+    val_loss = "val_loss"
+    val_accuracy = "val_accuracy"
+
+
+class Pruner(str, Enum):
+    median = "median"
+    none = "none"
+
+
+SEARCH, STUDY = "Search space", "Study"
+
+
+def _space_option(default: str, what: str):
+    return typer.Option(help=f"{what} to search (default {default}).", rich_help_panel=SEARCH)
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Finished trials the study should hold, over all workers.", rich_help_panel=STUDY),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder with train/val.safetensors (default: generated).", rich_help_panel=DATA),
+    ] = None,
+    study: Annotated[
+        str, typer.Option(help="Study name, shared by all its workers.", rich_help_panel=STUDY)
+    ] = ("spiralctl"),
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage: a database URL (postgresql://user:pass@host/db, sqlite:///f.db) or a "
+            "journal file. Default: $SPIRALCTL_STORAGE, else OUT/study.journal. Prefer the environment "
+            "variable for URLs with a password.",
+            rich_help_panel=STUDY,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Tune folder: trial-K run folders (default runs/tune-STUDY).", rich_help_panel=RUN),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            "-d",
+            help="As for train; several, comma-separated (cuda:0,cuda:1), run one worker each.",
+            rich_help_panel=DEVICE,
+        ),
+    ] = "auto",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Local worker processes (default: one per device).", rich_help_panel=STUDY),
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs per trial.", rich_help_panel=OPTIMIZE)] = 25,
+    metric: Annotated[
+        Metric,
+        typer.Option(help="What the search optimises (best epoch of each trial).", rich_help_panel=STUDY),
+    ] = Metric.val_loss,
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            help="Search space from a JSON or TOML file; options below override it.", rich_help_panel=SEARCH
+        ),
+    ] = None,
+    hidden: Annotated[str | None, _space_option("4,8,16,32", "LSTM hidden sizes")] = None,
+    lr: Annotated[
+        str | None, _space_option("1e-4:1e-1:log", "Learning rates, LOW:HIGH[:log] or a list,")
+    ] = None,
+    batch_size: Annotated[str | None, _space_option("32,64,128", "Batch sizes")] = None,
+    lr_schedule: Annotated[str | None, _space_option("constant,cosine", "Learning-rate schedules")] = None,
+    seed: Annotated[str | None, _space_option("0", "Seeds")] = None,
+    pruner: Annotated[
+        Pruner, typer.Option(help="Stop poor trials early (median of earlier trials).", rich_help_panel=STUDY)
+    ] = Pruner.median,
+    sampler_seed: Annotated[
+        int | None, typer.Option(help="Seed of the TPE sampler (worker i: seed + i).", rich_help_panel=STUDY)
+    ] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            help="Database workers' heartbeat, seconds; a trial silent for 3 is failed and run again.",
+            rich_help_panel=STUDY,
+        ),
+    ] = 10,
+    show: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR|URL",
+            help="Print the study in a tune folder or database and exit (-: the study of --storage, "
+            "$SPIRALCTL_STORAGE or --out).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    plots: Annotated[
+        bool, typer.Option(help="Plots in every trial folder and of the search.", rich_help_panel=OUTPUT)
+    ] = True,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress.", rich_help_panel=OUTPUT)
+    ] = False,
+    json_output: JsonOption = False,
+    json_progress: Annotated[
+        bool,
+        typer.Option(
+            "--json-progress",
+            help="Also one JSON object per finished trial (implies --json).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
+) -> None:
+    """Search hyperparameters with Optuna; every trial is a run folder OUT/trial-K.
+
+    Run it again, or on other machines with the same --study and a database --storage, to go on
+    with the same study. Needs Optuna: pip install "spiralctl[tune]".
+
+    **Examples**
+
+    spiralctl tune --data data/ --trials 40 --epochs 20
+
+    spiralctl tune --trials 20 --hidden 8,16 --lr 1e-3:3e-2:log --workers 2
+
+    SPIRALCTL_STORAGE=postgresql://me:pw@db/tune spiralctl tune --trials 200 --study big
+
+    spiralctl tune --show runs/tune-spiralctl
+    """
+    from spiralctl import tune as tuning
+    from spiralctl import ui_tune
+
+    out = out if out is not None else Path("runs") / f"tune-{study}"
+    console = _results(ctx)
+    json_output = json_output or json_progress
+    if show is not None:
+        if show == "-":
+            show = storage or (None if os.environ.get(tuning.ENV_STORAGE) else str(out))
+        summary = tuning.show(show, study)
+        _show(ctx, summary, json_output, ui_tune.tune_summary)
+        return
+    if trials is None:
+        raise SpiralError("is required: how many finished trials the study should hold", option="trials")
+    options = {"hidden": hidden, "lr": lr, "batch_size": batch_size, "lr_schedule": lr_schedule, "seed": seed}
+    config = tuning.TuneConfig(
+        trials=trials,
+        space=tuning.search_space(space, options),
+        epochs=epochs,
+        metric=metric.value,
+        pruner=pruner.value,
+        sampler_seed=sampler_seed,
+        heartbeat=heartbeat,
+    )
+    progress = ui_tune.TuneProgress(ui.make_console(stderr=True), quiet=quiet)
+
+    def on_progress(event: str, info: dict) -> None:
+        progress(event, info)
+        if json_progress and event == "trial":
+            ui.print_json(console, {"event": "trial", **info})
+
+    try:
+        summary = tuning.tune(
+            config,
+            out=out,
+            study=study,
+            storage=storage,
+            data_dir=data,
+            device=device,
+            workers=workers,
+            plots=plots,
+            on_progress=on_progress,
+        )
+    finally:
+        progress.close()
+    if json_output:
+        ui.print_json(console, {"event": "summary", **summary})
+    else:
+        ui_tune.tune_summary(console, summary)
 
 
 def _inference(device: str, batch_size: int, threshold: float) -> InferenceOptions:
