@@ -113,22 +113,27 @@ def _forward_kernel_gpu(
     tanh_cs: UOp,
     gates: UOp,
     xa: UOp,
-    x: UOp,
-    w_ih: UOp,
-    b_ih: UOp,
-    b_hh: UOp,
-    w_hh: UOp,
-    *,
+    *buffers: UOp,
     batch: int,
+    lengths: int | None = None,
 ) -> UOp:
     """Same buffers and results as spiralctl.lstm._forward_kernel.
 
+    buffers: the state [2, H, B'] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
     Grid: one workgroup per tile of batch columns; block: hidden x tile threads, thread (n, column)
     owns unit n's four gate rows and its cell state for that column. h_t of the tile sits in local
     memory, double-buffered by the parity of t so that one barrier per step (the one tinygrad puts
     at the end of a loop that stores and loads local memory) orders both the reads of h_t and the
     writes of h_{t+1}.
+
+    With `lengths` (a flat position in x's buffer: the lengths [B], then `start` at lengths + B),
+    step t is inside sequence b when start + t < length[b]: xa's last row holds 1 there and 0 past
+    the end (and in padding columns), and past the end the thread carries its h and c unchanged.
+    The initial (h, c) is zero when start is 0 and the state buffer's otherwise; each thread writes
+    its (h_T, c_T) back to the state at the end. Each thread computes the mask from x itself rather
+    than reading xa's row, which another thread of the column writes.
     """
+    state, (x, w_ih, b_ih, b_hh, w_hh) = (None, buffers) if lengths is None else (buffers[0], buffers[1:])
     steps1, hidden, padded = hs.shape
     steps, inputs = steps1 - 1, xa.shape[1] - 1
     tile = column_tile(padded, hidden)
@@ -146,17 +151,29 @@ def _forward_kernel_gpu(
         value = x[_clamp(b, real) * (steps * inputs) + t * inputs + d]
         return value if real is None else real.where(value, 0.0)
 
-    # xa (only the weight gradients read it): thread n writes rows n, n + H, ... of its column
+    def inside_at(t: UOp) -> UOp | float:
+        """1.0 where step t is inside column b's sequence (always without `lengths`), else 0.0."""
+        if lengths is None:
+            return 1.0
+        inside = (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + _clamp(b, real)]).where(1.0, 0.0)
+        return inside if real is None else real.where(inside, 0.0)
+
+    # xa (the weight gradients and backward read it): thread n writes rows n, n + H, ... of its column
     rows, per_thread = inputs + 1, -(-(inputs + 1) // hidden)
     t, j = ids.range(steps, AxisType.LOOP), ids.range(per_thread, AxisType.LOOP)
     r = n + j * hidden
     row_ok = None if per_thread * hidden == rows else r < rows
-    value = (r < inputs).where(x_at(t, (r < inputs).where(r, 0)), 1.0)
+    value = (r < inputs).where(x_at(t, (r < inputs).where(r, 0)), inside_at(t))
     copied = _flat(xa)[_gated((t * rows + r) * padded + b, row_ok)].store(value).end(j, t)
 
     h_local = ids.local((2, hidden, tile))
-    init = UOp.group(h_local[0, n, col].store(0.0), hs[0, n, b].store(0.0), cs[0, n, b].store(0.0))
-    h_prev, c_prev = h_local.after(init), cs.after(init)
+    if state is None:
+        h0, c0 = 0.0, 0.0
+    else:  # a later chunk (start > 0) goes on from the state the previous chunk left
+        carried = x[lengths + batch] > 0.5
+        h0, c0 = carried.where(state[0, n, b], 0.0), carried.where(state[1, n, b], 0.0)
+    init = UOp.group(h_local[0, n, col].store(h0), hs[0, n, b].store(h0), cs[0, n, b].store(c0))
+    h_prev, c_prev, h_own = h_local.after(init), cs.after(init), hs.after(init)
 
     t = ids.range(steps, AxisType.LOOP)
     xs = [x_at(t, d) for d in range(inputs)]
@@ -175,9 +192,13 @@ def _forward_kernel_gpu(
     acc = acc.after(summed.end(k))
     i, f, o = _sigmoid(acc[0]), _sigmoid(acc[1]), _sigmoid(acc[3])
     g = _tanh(acc[2])
-    c_new = f * c_prev.after(t)[t, n, b] + i * g
+    c_old = c_prev.after(t)[t, n, b]
+    c_new = f * c_old + i * g
     tanh_c = _tanh(c_new)
     h_new = o * tanh_c
+    if state is not None:  # past the sequence's end: the state stays as it was
+        inside = inside_at(t) > 0.5
+        c_new, h_new = inside.where(c_new, c_old), inside.where(h_new, h_own.after(t)[t, n, b])
     stores = UOp.group(
         *(gates[t, q * hidden + n, b].store(v) for q, v in enumerate((i, f, g, o))),
         cs[t + 1, n, b].store(c_new),
@@ -185,6 +206,9 @@ def _forward_kernel_gpu(
         hs[t + 1, n, b].store(h_new),
         h_local[(t + 1) % 2, n, col].store(h_new),
     ).end(t)
+    if state is not None:  # (h_T, c_T) for the next chunk: the thread's own last h and c
+        last_h, last_c = hs.after(stores)[steps, n, b], cs.after(stores)[steps, n, b]
+        stores = UOp.group(state[0, n, b].store(last_h), state[1, n, b].store(last_c))
     return (
         UOp.group(copied, stores)
         .end(n, col, group)
@@ -193,7 +217,16 @@ def _forward_kernel_gpu(
 
 
 def sequence_forward_gpu(
-    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, batch: int, steps: int, grad_fxn=None
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    batch: int,
+    steps: int,
+    grad_fxn=None,
+    lengths: int | None = None,
+    state: Tensor | None = None,
 ) -> list[Tensor]:
     """Same arguments and return value as spiralctl.lstm.sequence_forward.
 
@@ -201,21 +234,31 @@ def sequence_forward_gpu(
     gates: [T, 4H, B'], xa: [T, D+1, B'] (the inputs batch-last with a row of ones), then the inputs.
     B' = batch + the CPU family's padding columns. `grad_fxn` is passed through unchanged (the kernel's
     argument order is the CPU kernel's, so spiralctl.lstm._fused_gradient fits it).
+
+    With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`, see
+    PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end; `state`
+    ([2, H, B'], a scratch buffer when not given) is then the initial (h, c) when start is above 0,
+    and receives (h_T, c_T): it is the sixth tensor returned.
     """
     hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
     padded = batch + _batch_padding(batch)
-    return Tensor.custom_kernel(
+    outputs = [
         Tensor.empty(steps + 1, hidden, padded, device=device),
         Tensor.empty(steps + 1, hidden, padded, device=device),
         Tensor.empty(steps, hidden, padded, device=device),
         Tensor.empty(steps, 4 * hidden, padded, device=device),
         Tensor.empty(steps, inputs + 1, padded, device=device),
+    ]
+    if lengths is not None:
+        outputs.append(Tensor.empty(2, hidden, padded, device=device) if state is None else state)
+    return Tensor.custom_kernel(
+        *outputs,
         x,
         w_ih,
         b_ih,
         b_hh,
         w_hh,
-        fxn=functools.partial(_forward_kernel_gpu, batch=batch),
+        fxn=functools.partial(_forward_kernel_gpu, batch=batch, lengths=lengths),
         grad_fxn=grad_fxn,
     )
 
@@ -225,7 +268,7 @@ def sequence_forward_gpu(
 
 
 def _backward_kernel_gpu(
-    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
+    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp, xa: UOp
 ) -> UOp:
     """Same buffers and results as spiralctl.lstm._backward_kernel.
 
@@ -233,10 +276,11 @@ def _backward_kernel_gpu(
     gate gradients, then dh_{t-1}[n] = sum_j W_hh[j, n] dz[j] needs every row of the column: dz_t of
     the tile goes through local memory (barrier after the writes, and one at the end of the step
     before the next step overwrites it). dc and dh stay in the thread's own rows of the carry
-    buffers.
+    buffers. xa's last row (the forward kernel's) says whether step t is inside the sequence: past
+    its end the gate gradients are 0 and dh and dc pass back unchanged.
     """
     steps, hidden4, padded = dz.shape
-    hidden = hidden4 // 4
+    hidden, inputs = hidden4 // 4, xa.shape[1] - 1
     tile = column_tile(padded, hidden)
     ids = _Ids()
     group = ids.range(padded // tile, AxisType.GLOBAL)
@@ -248,25 +292,31 @@ def _backward_kernel_gpu(
 
     r = ids.range(steps, AxisType.LOOP)
     t = (steps - 1) - r
-    dh = dh0.after(r)[t + 1, n, b]
+    inside = xa[t, inputs, b] > 0.5
+    dh, dc_next = dh0.after(r)[t + 1, n, b], dc0.after(r)[t + 1, n, b]
     i, f, g, o = (gates[t, q * hidden + n, b] for q in range(4))
     tanh_c = tanh_cs[t, n, b]
-    dc = dc0.after(r)[t + 1, n, b] + dh * o * (1 - tanh_c * tanh_c)
-    grads = (
-        dc * g * i * (1 - i),
-        dc * cs[t, n, b] * f * (1 - f),
-        dc * i * (1 - g * g),
-        dh * tanh_c * o * (1 - o),
+    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+    grads = tuple(
+        inside.where(v, 0.0)
+        for v in (
+            dc * g * i * (1 - i),
+            dc * cs[t, n, b] * f * (1 - f),
+            dc * i * (1 - g * g),
+            dh * tanh_c * o * (1 - o),
+        )
     )
     dz_local = ids.local((hidden4, tile))
     written = UOp.group(
         *(dz[t, q * hidden + n, b].store(v) for q, v in enumerate(grads)),
         *(dz_local[q * hidden + n, col].store(v) for q, v in enumerate(grads)),
-        dc_carry[t, n, b].store(dc * f),
+        dc_carry[t, n, b].store(inside.where(dc * f, dc_next)),
     )
     shared = dz_local.after(written)
+    # past the end every dz of the column is 0 and dh passes back as it came (as the CPU family's
+    # dh_carry[t+1] + W_hh^T 0)
     back = ids.total(hidden4, lambda j: w_hh[j, n] * shared[j, col], written)
-    done = dh_carry[t, n, b].store(back).end(r)
+    done = dh_carry[t, n, b].store(inside.where(back, dh)).end(r)
     return done.end(n, col, group).sink(arg=KernelInfo(name="lstm_backward_gpu", opts_to_apply=()))
 
 
@@ -336,7 +386,8 @@ def sequence_backward_gpu(
     dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Same arguments and return value as spiralctl.lstm.sequence_backward: (dz: [T, 4H, B'],
-    dW_hh: [4H, H], dW_in: [4H, D+1])."""
+    dW_hh: [4H, H], dW_in: [4H, D+1]). xa's last row (1 inside a sequence, 0 past its end, as
+    sequence_forward_gpu writes it) masks the steps past each sequence's end."""
     steps1, hidden, padded = hs.shape
     steps, device = steps1 - 1, hs.device
     dz, *_ = Tensor.custom_kernel(
@@ -348,6 +399,7 @@ def sequence_backward_gpu(
         tanh_cs,
         gates,
         w_hh,
+        xa,
         fxn=_backward_kernel_gpu,
     )
     d_w_hh, d_w_in = weight_gradients_gpu(dz, hs, xa)
