@@ -126,12 +126,15 @@ def _main(
     ctx: typer.Context,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     debug: Annotated[
         bool,
         typer.Option(
             "--debug",
+            metavar="",
             help="Show tracebacks for errors and tinygrad's debug output (DEBUG=2: every kernel "
             "with its time), on stderr.",
         ),
@@ -189,10 +192,11 @@ ThresholdOption = Annotated[
 ]
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="Replace files that exist.", rich_help_panel=OUTPUT)
+    bool, typer.Option("--force", metavar="", help="Replace files that exist.", rich_help_panel=OUTPUT)
 ]
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT)
+    bool,
+    typer.Option("--json", metavar="", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT),
 ]
 CheckpointArgument = Annotated[
     Path,
@@ -330,7 +334,10 @@ def train(
     exist_ok: Annotated[
         bool,
         typer.Option(
-            "--exist-ok", help="Write into an existing folder that holds no run.", rich_help_panel=RUN
+            "--exist-ok",
+            metavar="",
+            help="Write into an existing folder that holds no run.",
+            rich_help_panel=RUN,
         ),
     ] = False,
     resume: Annotated[
@@ -350,6 +357,7 @@ def train(
     plots: Annotated[
         bool,
         typer.Option(
+            metavar="",
             help="Draw loss.png and accuracy.png into the run folder (needs spiralctl[plot]).",
             rich_help_panel=OUTPUT,
         ),
@@ -357,7 +365,11 @@ def train(
     quiet: Annotated[
         bool,
         typer.Option(
-            "--quiet", "-q", help="No progress: only errors and the result.", rich_help_panel=OUTPUT
+            "--quiet",
+            "-q",
+            metavar="",
+            help="No progress: only errors and the result.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     verbose: Annotated[
@@ -365,6 +377,7 @@ def train(
         typer.Option(
             "--verbose",
             "-v",
+            metavar="",
             help="More detail: settings, every step, every file saved.",
             rich_help_panel=OUTPUT,
         ),
@@ -372,13 +385,17 @@ def train(
     json_output: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print the summary as one JSON object on stdout.", rich_help_panel=OUTPUT
+            "--json",
+            metavar="",
+            help="Print the summary as one JSON object on stdout.",
+            rich_help_panel=OUTPUT,
         ),
     ] = False,
     json_progress: Annotated[
         bool,
         typer.Option(
             "--json-progress",
+            metavar="",
             help="Also one JSON object per epoch on stdout, as it finishes (implies --json).",
             rich_help_panel=OUTPUT,
         ),
@@ -540,16 +557,20 @@ def tune(
         ),
     ] = None,
     plots: Annotated[
-        bool, typer.Option(help="Plots in every trial folder and of the search.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option(
+            metavar="", help="Plots in every trial folder and of the search.", rich_help_panel=OUTPUT
+        ),
     ] = True,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress.", rich_help_panel=OUTPUT)
+        bool, typer.Option("--quiet", "-q", metavar="", help="No progress.", rich_help_panel=OUTPUT)
     ] = False,
     json_output: JsonOption = False,
     json_progress: Annotated[
         bool,
         typer.Option(
             "--json-progress",
+            metavar="",
             help="Also one JSON object per finished trial (implies --json).",
             rich_help_panel=OUTPUT,
         ),
@@ -680,7 +701,10 @@ def predict(
     ] = None,
     force: ForceOption = False,
     json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON object per sequence per line.", rich_help_panel=OUTPUT)
+        bool,
+        typer.Option(
+            "--json", metavar="", help="One JSON object per sequence per line.", rich_help_panel=OUTPUT
+        ),
     ] = False,
 ) -> None:
     """Classify sequences of any length as clockwise or anticlockwise.

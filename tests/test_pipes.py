@@ -112,3 +112,14 @@ def test_info_on_a_checkpoint_saved_inside_an_epoch(run, tmp_path, small_data):
     result = run("info", tmp_path / "r" / "last.safetensors")
     assert "1 finished, and 1 steps of epoch 2" in result.stdout
     assert json.loads(run("info", tmp_path / "r" / "last.safetensors", "--json").stdout)["partial_steps"] == 1
+
+
+def test_help_shows_flags_without_a_value_and_arguments_by_name(run):
+    help_text = run("gen-data", "--help").stdout
+    assert "OUT_DIR" in help_text and "{out_dir}" not in help_text
+    force = next(line for line in help_text.splitlines() if "--force" in line)
+    assert "<bool>" not in force
+    train_help = run("train", "--help").stdout
+    for option in ("--exist-ok", "--quiet", "--json-progress", "--no-plots"):
+        line = next(line for line in train_help.splitlines() if option in line)
+        assert "<bool>" not in line, line
