@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ def flag(setting: str) -> str:
 def error_message(exc: SpiralError) -> str:
     text = exc.render(flag)
     if isinstance(exc, Interrupted):
-        text += f"; continue with: spiralctl train --resume {exc.checkpoint} --epochs {exc.epochs}"
+        text += (
+            f"; continue with: spiralctl train --resume {shlex.quote(exc.checkpoint)} --epochs {exc.epochs}"
+        )
     return text
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
-from spiralctl.config import FIXED_ON_RESUME, InferenceOptions, TrainConfig, run_options
+from spiralctl.config import InferenceOptions, TrainConfig, run_options
 from spiralctl.data import (
     DATASET_FORMAT,
     LABELS,
@@ -28,7 +28,7 @@ from spiralctl.data import (
     load_training_data,
 )
 from spiralctl.devices import list_backends, resolve_device
-from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
+from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError, WriteFailed
 from spiralctl.inputs import read_sequences
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import step_bytes
@@ -37,6 +37,8 @@ from spiralctl.kernels.workers import start_compile_workers
 from spiralctl.model import SpiralClassifier
 from spiralctl.predictor import Predictor, classification_report, sigmoid
 from spiralctl.runs import (
+    metrics_hold,
+    next_run_dir,
     prepare_run_dir,
     read_metrics,
     remove_run,
@@ -46,7 +48,7 @@ from spiralctl.runs import (
     write_metrics,
 )
 from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, read_safetensors
-from spiralctl.trainer import Diverged, ProgressCallback, check_resume, fit, no_progress
+from spiralctl.trainer import Diverged, ProgressCallback, StopOnSignal, check_resume, fit, no_progress
 
 
 def gen_data(config: DataConfig, out_dir: Path, force: bool = False) -> dict:
@@ -69,10 +71,12 @@ def gen_data(config: DataConfig, out_dir: Path, force: bool = False) -> dict:
     return {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
 
 
-def load_model(checkpoint_path: Path, device: str) -> tuple[Checkpoint, SpiralClassifier]:
-    """A checkpoint and its model on a working device."""
+def load_model(checkpoint_path: Path, device: str) -> SpiralClassifier:
+    """A checkpoint's model on a working device."""
     checkpoint = load_checkpoint(checkpoint_path)
-    return checkpoint, SpiralClassifier(checkpoint.model, checkpoint.weights, resolve_device(device))
+    device = resolve_device(device)
+    _check_fits_kernels(device, checkpoint.model.hidden)
+    return SpiralClassifier(checkpoint.model, checkpoint.weights, device)
 
 
 # ---- train
@@ -91,7 +95,9 @@ def _resumed_config(config: TrainConfig, resume: Checkpoint, given: frozenset[st
         }
     except (KeyError, TypeError, ValueError):
         raise SpiralError("the checkpoint's training config is incomplete", option="resume") from None
-    changed = [name for name in FIXED_ON_RESUME if name in given and getattr(config, name) != fixed[name]]
+    if fixed["lr_schedule"] == "cosine" and "epochs" in saved:
+        fixed["epochs"] = int(saved["epochs"])  # the schedule runs over the run's own epochs
+    changed = [name for name in fixed if name in given and getattr(config, name) != fixed[name]]
     if changed:
         said = ", ".join(
             f"{{{name}}} {getattr(config, name)} (the run has {fixed[name]})" for name in changed
@@ -145,6 +151,63 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
     return config, notes
 
 
+def _check_resumable(resume_path: Path, resume: Checkpoint) -> None:
+    if not resume.optimizer:
+        raise SpiralError(
+            f"{resume_path} holds no optimizer state (spiralctl train did not save it), so it cannot "
+            "be resumed; start a new run instead",
+            option="resume",
+        )
+
+
+def _check_fits_kernels(device: str, hidden: int) -> None:
+    """The GPU kernels keep a workgroup per column tile with a thread per hidden unit."""
+    from spiralctl.kernels.family import kernel_family
+    from spiralctl.kernels.gpu import MAX_BLOCK
+
+    if kernel_family(device).name == "gpu" and hidden > MAX_BLOCK:
+        raise SpiralError(
+            f"{hidden} is more than the {MAX_BLOCK} hidden units the GPU kernels handle on {device}; "
+            "use a smaller model, or {device} cpu",
+            option="hidden",
+        )
+
+
+def _carry_best(resume: Checkpoint, resume_path: Path, source_dir: Path, run_dir: Path) -> None:
+    """A branched run starts with the best checkpoint its history names (the source run's best,
+    or the resumed checkpoint itself when that was the best epoch), so best.safetensors exists."""
+    from spiralctl.storage import atomic_output
+
+    best_epoch = int(resume.metrics.get("best_epoch", resume.epoch))
+    for candidate in (source_dir / "best.safetensors", Path(resume_path)):
+        if not candidate.is_file():
+            continue
+        held = load_checkpoint(candidate)
+        if held.epoch == best_epoch and not held.metrics.get("partial_steps"):
+            with atomic_output(run_dir / "best.safetensors") as handle:
+                handle.write(candidate.read_bytes())
+            return
+
+
+def _failure(exc: BaseException, run_dir: Path, config: TrainConfig) -> SpiralError | None:
+    """What a failed training says, with where it stands: the last good checkpoint and how to go on."""
+    last = run_dir / "last.safetensors"
+    if isinstance(exc, Diverged):
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+        return Diverged(f"{exc.message}; {kept}; try a smaller {{lr}} (now {config.lr})")
+    if isinstance(exc, (OSError, WriteFailed)):  # a full disk, a folder made read-only under the run
+        what = (
+            exc.message
+            if isinstance(exc, WriteFailed)
+            else f"cannot write {exc.filename or run_dir}: {exc.strerror}"
+        )
+        hint = (
+            f"; the last good checkpoint is {last}: continue with {{resume}} {last}" if last.exists() else ""
+        )
+        return SpiralError(f"{what}{hint}", exit_code=EXIT_FAILURE)
+    return None
+
+
 def train(
     config: TrainConfig,
     *,
@@ -162,14 +225,14 @@ def train(
 
     `given` names the settings the user chose (not defaults): a resume refuses to change any
     of those its checkpoint fixes. A resume continues in the checkpoint's folder, or branches
-    into `out` when given.
+    into `out` when given. Ctrl-C or SIGTERM from the start on stops the run at a resumable
+    point (Interrupted); a run that fails before its first checkpoint leaves nothing behind.
     """
-    from spiralctl.runs import next_run_dir
-
     started = time.perf_counter()
     resume = None
     if resume_path is not None:
         resume = load_checkpoint(resume_path)
+        _check_resumable(resume_path, resume)
         config = _resumed_config(config, resume, given)
         if data_dir is None:  # the data the run was trained on, as the checkpoint records it
             data_dir = _resume_data_dir(resume)
@@ -177,6 +240,7 @@ def train(
     if resume is not None:
         check_resume(config, resume)  # before anything in a run folder is touched
     tinygrad_device = resolve_device(device)
+    _check_fits_kernels(tinygrad_device, config.hidden)
     train_set, val_set, source, warnings = _training_data(data_dir, config.seed)
     for warning in warnings:
         on_progress("warning", {"message": warning})
@@ -191,60 +255,49 @@ def train(
     run_dir = Path(out) if out is not None else source_dir if source_dir is not None else next_run_dir()
     continues = source_dir is not None and run_dir.resolve() == source_dir.resolve()
     history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
-    created = False if continues else prepare_run_dir(run_dir, exist_ok)
-    for note in notes:
-        on_progress("note", {"message": note})
-    with run_lock(run_dir):
-        try:
-            write_config(run_dir, run_options(config, data_dir, device))
-            if not continues or history != read_metrics(run_dir):
-                write_metrics(run_dir, history)
-            with cpu_threads(tinygrad_device) as threads:
-                start_compile_workers()
-                result = fit(
-                    train_set,
-                    val_set,
-                    config,
-                    run_dir,
-                    tinygrad_device,
-                    resume=resume,
-                    data_source=source,
-                    threads=threads,
-                    on_progress=on_progress,
-                )
-        except Diverged as exc:
-            if not continues:
-                remove_run(run_dir, created)
-            last = run_dir / "last.safetensors"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
-            raise Diverged(f"{exc.message}; {kept}; try a smaller {{lr}} (now {config.lr})") from None
-        except Interrupted:
-            raise
-        except OSError as exc:  # a full disk, a folder made read-only under the run
-            if not continues:
-                remove_run(run_dir, created)
-            last = run_dir / "last.safetensors"
-            hint = (
-                f"; the last good checkpoint is {last}: continue with {{resume}} {last}"
-                if last.exists()
-                else ""
-            )
-            where = exc.filename or run_dir
-            raise SpiralError(f"cannot write {where}: {exc.strerror}{hint}", exit_code=EXIT_FAILURE) from None
-        except BaseException:
-            if not continues:
-                remove_run(run_dir, created)
-            raise
+    with StopOnSignal() as stop:  # from here on a signal stops the run at a resumable point
+        created = False if continues else prepare_run_dir(run_dir, exist_ok)
+        for note in notes:
+            on_progress("note", {"message": note})
+        with run_lock(run_dir):
+            try:
+                write_config(run_dir, run_options(config, data_dir, device))
+                if not continues or not metrics_hold(run_dir, history):
+                    write_metrics(run_dir, history)
+                if resume is not None and not continues:
+                    _carry_best(resume, resume_path, source_dir, run_dir)
+                with cpu_threads(tinygrad_device) as threads:
+                    start_compile_workers()
+                    result = fit(
+                        train_set,
+                        val_set,
+                        config,
+                        run_dir,
+                        tinygrad_device,
+                        resume=resume,
+                        data_source=source,
+                        threads=threads,
+                        stop=stop,
+                        on_progress=on_progress,
+                    )
+            except BaseException as exc:
+                if not continues and not isinstance(exc, Interrupted):
+                    remove_run(run_dir, created)
+                failure = _failure(exc, run_dir, config)
+                if failure is not None:
+                    raise failure from None
+                raise
     history = read_metrics(run_dir)
+    best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
     summary = {
         "run_dir": str(run_dir),
         "device": tinygrad_device,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
-        "best": next((m for m in history if m.get("epoch") == result.best_epoch), result.best),
+        "best": next((m for m in history if m.get("epoch") == result.best_epoch), {}),
         "last": result.last,
-        "best_checkpoint": str(run_dir / "best.safetensors"),
-        "last_checkpoint": str(run_dir / "last.safetensors"),
+        "best_checkpoint": str(best) if best.exists() else None,
+        "last_checkpoint": str(last),
         "config": str(run_dir / "config.json"),
         "metrics": str(run_dir / "metrics.csv"),
         "history": history,
@@ -275,7 +328,7 @@ def _predictor(model: SpiralClassifier, options: InferenceOptions) -> Iterator[P
 def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions = InferenceOptions()) -> dict:
     """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on a dataset file."""
     options.check()
-    _, model = load_model(checkpoint_path, options.device)
+    model = load_model(checkpoint_path, options.device)
     data = load_dataset(data_path)
     with _predictor(model, options) as predictor:
         logits = predictor.logits(data.x)
@@ -301,7 +354,7 @@ def classify(
 ) -> list[dict]:
     """One dict per sequence: name, points, probability, label (and true_label when known)."""
     options.check()
-    _, model = load_model(checkpoint_path, options.device)
+    model = load_model(checkpoint_path, options.device)
     with _predictor(model, options) as predictor:
         probability = sigmoid(predictor.logits_ragged(sequences))
     rows = []

@@ -46,6 +46,14 @@ def render_settings(text: str, name: Callable[[str], str]) -> str:
     return _SETTING.sub(lambda m: name(m.group(1)), text)
 
 
+class WriteFailed(SpiralError):
+    """A file could not be written (a full disk, a read-only folder); nothing was replaced."""
+
+    def __init__(self, path: str, reason: str, hint: str = "") -> None:
+        super().__init__(f"cannot write {path}: {reason}{hint}")
+        self.path, self.reason = path, reason
+
+
 class Interrupted(SpiralError):
     """Training stopped by a signal after saving `checkpoint`, which resumes it up to `epochs`."""
 

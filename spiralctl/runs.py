@@ -50,8 +50,9 @@ def checkpoints_in(folder: Path) -> list[str]:
 def prepare_run_dir(run_dir: Path, exist_ok: bool) -> bool:
     """Make sure a new run can write into `run_dir`; returns whether this call created it.
 
-    An existing folder with files needs `exist_ok`, and even then must hold no run's
-    checkpoints: a new run never replaces a trained model (resume it instead).
+    An existing folder with files needs `exist_ok`, and even then must hold nothing a run writes
+    (checkpoints, config.json, metrics, plots): a new run never replaces a trained model (resume
+    it instead), and a failed one removes only what it wrote.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -63,10 +64,10 @@ def prepare_run_dir(run_dir: Path, exist_ok: bool) -> bool:
                 f"{run_dir} already exists; pass {{exist_ok}} to write into it, or choose another folder",
                 option="out",
             )
-        held = checkpoints_in(run_dir)
+        held = checkpoints_in(run_dir) or [name for name in RUN_FILES[:-1] if (run_dir / name).exists()]
         if held:
             raise SpiralError(
-                f"{run_dir} holds a trained run ({', '.join(held)}); a new run does not replace it: "
+                f"{run_dir} holds a run ({', '.join(held)}); a new run does not replace it: "
                 f"continue it with {{resume}} {run_dir / 'last.safetensors'}, choose another folder, "
                 "or delete it first",
                 option="out",
@@ -123,6 +124,13 @@ def write_config(run_dir: Path, options: dict) -> None:
 def _csv_row(metrics: dict) -> str:
     values = (metrics[c] for c in METRIC_COLUMNS)
     return ",".join(repr(v) if isinstance(v, float) else str(v) for v in values)
+
+
+def metrics_hold(run_dir: Path, history: list[dict]) -> bool:
+    """Do metrics.jsonl and metrics.csv hold exactly `history`?"""
+    csv = Path(run_dir) / "metrics.csv"
+    rows = csv.read_text().splitlines()[1:] if csv.exists() else []
+    return read_metrics(run_dir) == history and rows == [_csv_row(m) for m in history]
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:

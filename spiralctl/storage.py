@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralctl.errors import SpiralError
+from spiralctl.errors import SpiralError, WriteFailed
 
 # safetensors dtype names <-> numpy dtypes (the ones spiralctl reads or writes).
 DTYPES: dict[str, np.dtype] = {
@@ -63,9 +63,7 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise SpiralError(
-            f"cannot write {path}: {exc.strerror}; check the folder exists and is writable"
-        ) from exc
+        raise WriteFailed(str(path), exc.strerror, "; check the folder exists and is writable") from exc
     try:
         os.chmod(tmp, _new_file_mode(path))  # mkstemp makes it 0600; give it what open() would
         with os.fdopen(fd, mode) as handle:
@@ -81,7 +79,7 @@ def atomic_output(path: Path, mode: str = "wb") -> Iterator:
         if isinstance(exc, OSError):
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             hint = "; free some disk space or write somewhere else" if full else ""
-            raise SpiralError(f"cannot write {path}: {exc.strerror}{hint}") from exc
+            raise WriteFailed(str(path), exc.strerror, hint) from exc
         raise
     _fsync_folder(folder)
 

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -96,11 +97,13 @@ class Trainer:
             state[f"{name}.exp_avg_sq"] = download(v)
         return state
 
-    def load_optimizer_state(self, state: dict[str, np.ndarray], source: Path) -> None:
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         needed = ["step"] + [f"{n}.{s}" for n in PARAMETER_NAMES for s in ("exp_avg", "exp_avg_sq")]
         missing = [k for k in needed if k not in state]
         if missing:
-            raise SpiralError(f"{source}: no optimizer state to resume from (missing optimizer.{missing[0]})")
+            raise SpiralError(
+                f"the checkpoint has no optimizer state to resume from (no optimizer.{missing[0]})"
+            )
         self.step_count = int(state["step"].reshape(-1)[0])
         self.optimizer.load(
             [state[f"{n}.exp_avg"] for n in PARAMETER_NAMES],
@@ -197,9 +200,11 @@ class StopOnSignal:
 class _Saver:
     """Writes a run's checkpoints: the model and optimizer as they are, with a state's metrics."""
 
-    def __init__(self, run_dir: Path, model_config: ModelConfig, trainer: Trainer, record: dict, data: str):
+    def __init__(
+        self, run_dir: Path, model_config: ModelConfig, trainer: Trainer, record: dict, fingerprint: str
+    ) -> None:
         self.run_dir, self.model_config, self.trainer = run_dir, model_config, trainer
-        self.record, self.fingerprint = record, data
+        self.record, self.fingerprint = record, fingerprint
 
     def save(self, names: list[str], state: ResumeState, on_progress: ProgressCallback) -> None:
         checkpoint = Checkpoint(
@@ -278,6 +283,10 @@ def end_of_epoch(
         "sequences_per_second": timing["trained"] / timing["train_seconds"],
         "seconds": time.perf_counter() - timing["started"],
     }
+    if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+        raise Diverged(
+            f"the loss became {metrics['train_loss']} (validation {metrics['val_loss']}) in epoch {epoch}"
+        )
     if metrics["train_loss"] > DIVERGED_LOSS:
         raise Diverged(
             f"training diverged: train loss {metrics['train_loss']:.4g} in epoch {epoch} "
@@ -323,6 +332,7 @@ def fit(
     resume: Checkpoint | None = None,
     data_source: str = "",
     threads: int = 1,
+    stop: StopOnSignal | None = None,
     on_progress: ProgressCallback = no_progress,
 ) -> FitResult:
     """Train for `config.epochs` epochs in total, validating and checkpointing after each one.
@@ -330,7 +340,9 @@ def fit(
     Appends each epoch to the run folder's metrics files (which the caller has set up). Stops
     early when `config.patience` epochs in a row bring no better validation loss. Ctrl-C or
     SIGTERM finishes the current step, saves last.safetensors (with the position inside the
-    epoch, so a resume continues exactly there) and raises Interrupted.
+    epoch, so a resume continues exactly there) and raises Interrupted; `stop` is the caller's
+    own handler when it installed one earlier (a signal before the first step then stops the
+    run after that step).
     """
     config.check()
     run_dir = Path(run_dir)
@@ -342,7 +354,7 @@ def fit(
     state = ResumeState()
     if resume is not None:
         check_resume(config, resume)
-        trainer.load_optimizer_state(resume.optimizer, run_dir / "last.safetensors")
+        trainer.load_optimizer_state(resume.optimizer)
         state = ResumeState.from_checkpoint(resume)
     predictor = Predictor(model, config.batch_size)
     record = {**asdict(config), "device": device, "data": data_source}
@@ -366,7 +378,7 @@ def fit(
     )
     history: list[dict] = []
     stopped_early = False
-    with StopOnSignal() as stop:
+    with nullcontext(stop) if stop is not None else StopOnSignal() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started, first = time.perf_counter(), state.step
             stepped = train_epoch(trainer, train, epoch, state, stop, on_progress)

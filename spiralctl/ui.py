@@ -223,9 +223,8 @@ def train_summary(console: Console, result: dict) -> None:
             ("val_accuracy", "val acc", False),
         ):
             table.add_row(label, _curve([m[key] for m in history if key in m], log))
-    table.add_row(
-        "checkpoints", f"{result['run_dir']}/best.safetensors, {result['run_dir']}/last.safetensors"
-    )
+    checkpoints = [path for path in (result["best_checkpoint"], result["last_checkpoint"]) if path]
+    table.add_row("checkpoints", ", ".join(checkpoints))
     files = ["config.json", "metrics.csv", *(Path(p).name for p in result.get("plots", []))]
     table.add_row("files", ", ".join(files))
     table.add_row("time", f"{result['seconds']:.1f}s on {result['device']}")
@@ -349,7 +348,7 @@ def file_info(console: Console, report: dict) -> None:
         summary.add_row("sequences", f"{report['sequences']} of {report['length']} points ({classes})")
     if report["kind"] == "checkpoint":
         steps = report.get("partial_steps", 0)
-        position = f" finished, and {steps} steps of epoch {report['epoch'] + 1}" if steps else ""
+        position = f" finished, and {plural(steps, 'step')} of epoch {report['epoch'] + 1}" if steps else ""
         summary.add_row("epoch", f"{report['epoch']}{position}")
         summary.add_row("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters")
         summary.add_row("resumable", "yes (optimizer state stored)" if report["resumable"] else "no")

@@ -110,7 +110,7 @@ def test_info_on_a_checkpoint_saved_inside_an_epoch(run, tmp_path, small_data):
             config, data_dir=small_data, out=tmp_path / "r", device="cpu", on_progress=stop_at_step_1
         )
     result = run("info", tmp_path / "r" / "last.safetensors")
-    assert "1 finished, and 1 steps of epoch 2" in result.stdout
+    assert "1 finished, and 1 step of epoch 2" in result.stdout
     assert json.loads(run("info", tmp_path / "r" / "last.safetensors", "--json").stdout)["partial_steps"] == 1
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from spiralctl import commands, runs
+from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.config import TrainConfig
 from spiralctl.errors import SpiralError
@@ -58,6 +59,7 @@ def test_an_older_checkpoint_branches_into_a_new_folder(run, three_epochs, tmp_p
     for name in a.weights:
         np.testing.assert_array_equal(a.weights[name], b.weights[name])
     assert json.loads((branch / "config.json").read_text())["epochs"] == 3
+    assert (branch / "best.safetensors").exists()  # the best epoch its history names
 
 
 def test_a_copied_checkpoint_resumes_in_the_folder_it_is_in(three_epochs, tmp_path):
@@ -109,7 +111,7 @@ def test_a_diverging_loss_is_a_failed_run(small_data, tmp_path):
 def test_exist_ok_never_replaces_a_trained_run(run, small_data, trained_run):
     before = _snapshot(trained_run)
     result = run("train", "--data", small_data, "--out", trained_run, "--exist-ok", *SMALL)
-    assert result.exit_code == 2 and "--resume" in result.stderr and "holds a trained run" in result.stderr
+    assert result.exit_code == 2 and "--resume" in result.stderr and "holds a run (best.safetensors, last.safetensors)" in result.stderr
     assert _snapshot(trained_run) == before
 
 
@@ -134,16 +136,19 @@ def test_a_step_that_cannot_fit_in_memory_is_refused(run, small_data, tmp_path, 
 
 
 def test_a_full_disk_keeps_the_run_resumable(small_data, tmp_path, monkeypatch):
-    """The disk fills after epoch 2's checkpoint, before its metrics line: the error says how to
-    continue, and the resume restores epoch 2's line from the checkpoint."""
-    append = runs.append_metrics
+    """The disk fills while epoch 2's metrics.csv line is written (after metrics.jsonl's): exit 1,
+    the error says how to go on, and the resume puts both files right."""
+    import spiralctl.storage
 
-    def full_at_epoch_2(run_dir, metrics):
-        if metrics["epoch"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "metrics.jsonl"))
-        append(run_dir, metrics)
+    fsync = os.fsync
 
-    monkeypatch.setattr("spiralctl.trainer.append_metrics", full_at_epoch_2)
+    def full_disk(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".metrics.csv." in name and len(read_metrics(out)) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(spiralctl.storage.os, "fsync", full_disk)
     config = TrainConfig(epochs=3, batch_size=32, hidden=4, seed=1)
     out = tmp_path / "run"
     with pytest.raises(SpiralError) as info:
@@ -152,7 +157,76 @@ def test_a_full_disk_keeps_the_run_resumable(small_data, tmp_path, monkeypatch):
     message = str(info.value)
     assert "No space left on device" in message and f"resume {out / 'last.safetensors'}" in message
     monkeypatch.undo()
+    csv_rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert len(csv_rows) == 1 and _epochs(out) == [1, 2]  # the csv line of epoch 2 is missing
     commands.train(config, resume_path=out / "last.safetensors", device="cpu", plots=False)
     assert _epochs(out) == [1, 2, 3]
     csv = (out / "metrics.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in csv[1:]] == [1, 2, 3]
+
+
+def test_a_nan_validation_loss_is_a_failed_run(small_data, tmp_path):
+    with pytest.raises(SpiralError) as info:
+        config = TrainConfig(epochs=1, batch_size=32, hidden=4, lr=1e38)
+        commands.train(config, data_dir=small_data, out=tmp_path / "run", device="cpu", plots=False)
+    assert info.value.exit_code == 1 and not (tmp_path / "run").exists()
+
+
+def test_exist_ok_leaves_files_it_did_not_write(run, small_data, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"mine": true}')
+    result = run("train", "--data", small_data, "--out", folder, "--exist-ok", *SMALL)
+    assert result.exit_code == 2 and "config.json" in result.stderr
+    assert (folder / "config.json").read_text() == '{"mine": true}'
+
+
+def test_a_cosine_run_keeps_its_epochs_on_resume(run, small_data, tmp_path):
+    out = tmp_path / "cos"
+    args = ["--data", small_data, "--out", out, "--lr-schedule", "cosine", *SMALL]
+    assert run("train", *args, "--epochs", 2).exit_code == 0
+    result = run("train", "--resume", out / "last.safetensors", "--epochs", 4)
+    assert result.exit_code == 2 and "--epochs 4 (the run has 2)" in result.stderr
+
+
+def test_a_checkpoint_without_optimizer_state_is_refused_up_front(run, trained_run, tmp_path):
+    from spiralctl.checkpoint import Checkpoint, save_checkpoint
+
+    held = load_checkpoint(trained_run / "last.safetensors")
+    bare = tmp_path / "bare" / "weights.safetensors"
+    bare.parent.mkdir()
+    save_checkpoint(bare, Checkpoint(model=held.model, weights=held.weights, epoch=held.epoch))
+    result = run("train", "--resume", bare, "--epochs", 5)
+    assert result.exit_code == 2 and result.stderr.startswith(
+        f"error: --resume {bare} holds no optimizer state"
+    )
+    assert sorted(p.name for p in bare.parent.iterdir()) == ["weights.safetensors"]
+
+
+def test_a_signal_before_training_starts_still_stops_at_a_resumable_point(small_data, tmp_path):
+    """SIGTERM while the run is being set up (here: as the batch-size note is shown, before the
+    first step): the run stops after its first step with a checkpoint to resume from."""
+    import signal
+
+    from spiralctl.errors import Interrupted
+
+    def terminate_on_note(event: str, info: dict) -> None:
+        if event == "note":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted) as stopped:
+        config = TrainConfig(epochs=3, batch_size=1000, hidden=4)
+        commands.train(
+            config, data_dir=small_data, out=out, device="cpu", plots=False, on_progress=terminate_on_note
+        )
+    assert stopped.value.exit_code == 143
+    assert load_checkpoint(out / "last.safetensors").optimizer
+
+
+def test_gpu_kernels_refuse_a_model_wider_than_a_workgroup(run, small_data, tmp_path):
+    result = run(
+        "train", "--data", small_data, "--out", tmp_path / "r", "--hidden", 2048, "--device", "PYTHON"
+    )
+    assert result.exit_code == 2 and result.stderr.startswith("error: --hidden 2048 is more than the 1024")
+    assert not (tmp_path / "r").exists()

@@ -322,11 +322,9 @@ def test_every_bad_file_gets_one_line_and_exit_2_everywhere(tmp_path, small_data
             out = tmp_path / "runs" / name.replace(" ", "-")
             uses.append((["train", "--data", data_dir, "--out", out], f"{data_dir.name}/train.safetensors"))
         for args, named in uses:
-            started = time.monotonic()
             result = runner.invoke(app, [str(a) for a in args])
             lines = [line for line in result.output.splitlines() if line.strip()]
             assert result.exit_code == 2, (name, args, result.output)
             assert len(lines) == 1 and lines[0].startswith("error: "), (name, args, result.output)
             assert "Traceback" not in result.output
             assert named in lines[0], (name, lines[0])
-            assert time.monotonic() - started < 30

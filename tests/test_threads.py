@@ -19,7 +19,7 @@ from spiralctl.trainer import Trainer
 @pytest.fixture
 def restore_threads():
     yield
-    use_cpu_threads()
+    use_cpu_threads(1)  # the default: tinygrad's own call until a command enters cpu_threads
 
 
 def _lstm_run(arrays, grad_h):
@@ -86,9 +86,12 @@ def test_a_bad_thread_count_is_refused(monkeypatch, run, small_data, trained_run
 
 
 def test_threads_are_on_only_inside_their_context(restore_threads):
+    import threading
+
     use_cpu_threads(1)
     with cpu_threads("CPU") as threads:
         assert threads == thread_count() and hasattr(CPUProgram.__call__, "__wrapped__") == (threads > 1)
     assert not hasattr(CPUProgram.__call__, "__wrapped__")
+    assert not [t for t in threading.enumerate() if t.name.startswith("spiralctl-kernel")]  # pool ended
     with cpu_threads("PYTHON") as threads:
         assert threads == 1 and not hasattr(CPUProgram.__call__, "__wrapped__")

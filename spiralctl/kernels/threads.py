@@ -86,9 +86,10 @@ def use_cpu_threads(threads: int | None = None) -> int:
     with _lock:
         current = CPUProgram.__call__
         original = getattr(current, "__wrapped__", current)
-        if threads > 1 and _state["threads"] != threads:
-            if _state["pool"] is not None:
-                _state["pool"].shutdown(wait=False)
+        if _state["threads"] != threads and _state["pool"] is not None:
+            _state["pool"].shutdown(wait=True)  # idle threads: ends at once
+            _state["pool"] = None
+        if threads > 1 and _state["pool"] is None:
             _state["pool"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="spiralctl-kernel")
         _state["threads"] = threads
         CPUProgram.__call__ = _threaded_call(original) if threads > 1 else original

@@ -19,6 +19,7 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+_registered: list[bool] = []  # stop_compile_workers registered to run at exit
 
 
 def _init_worker() -> None:
@@ -40,7 +41,9 @@ def start_compile_workers() -> None:
         return
     max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
     worker.worker_pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
-    atexit.register(stop_compile_workers)
+    if not _registered:
+        atexit.register(stop_compile_workers)
+        _registered.append(True)
 
 
 def stop_compile_workers() -> None:
