@@ -111,7 +111,11 @@ def test_a_diverging_loss_is_a_failed_run(small_data, tmp_path):
 def test_exist_ok_never_replaces_a_trained_run(run, small_data, trained_run):
     before = _snapshot(trained_run)
     result = run("train", "--data", small_data, "--out", trained_run, "--exist-ok", *SMALL)
-    assert result.exit_code == 2 and "--resume" in result.stderr and "holds a run (best.safetensors, last.safetensors)" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--resume" in result.stderr
+        and "holds a run (best.safetensors, last.safetensors)" in result.stderr
+    )
     assert _snapshot(trained_run) == before
 
 
