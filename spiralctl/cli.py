@@ -716,7 +716,8 @@ def predict(
 
     spiralctl predict runs/train-1/best.safetensors points.csv
     """
-    from spiralctl.inputs import check_output, write_predictions_csv
+    from spiralctl.inputs import write_predictions_csv
+    from spiralctl.storage import check_output
 
     if output is not None:
         check_output(output, force)

@@ -47,7 +47,7 @@ from spiralctl.runs import (
     write_config,
     write_metrics,
 )
-from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, read_safetensors
+from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, check_output, read_safetensors
 from spiralctl.trainer import Diverged, ProgressCallback, StopOnSignal, check_resume, fit, no_progress
 
 
@@ -389,8 +389,7 @@ def plot(
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise SpiralError(f"{out}: plots are PNG files; give a name ending in .png", option="output")
-    if out.exists() and not force:
-        raise SpiralError(f"{out} exists; pass {{force}} to replace it", option="output")
+    check_output(out, force)
     if limit < 1:
         raise SpiralError(f"must be at least 1 (got {limit})", option="limit")
     replace(options, batch_size=1).check()

@@ -89,7 +89,7 @@ def probe(device: str) -> tuple[bool, str]:
 
 
 def list_backends() -> list[DeviceStatus]:
-    from spiralctl.kernels.threads import is_cpu
+    from spiralctl.kernels.family import kernel_family
 
     rows = []
     for name, (devices, hint) in BACKENDS.items():
@@ -102,7 +102,7 @@ def list_backends() -> list[DeviceStatus]:
                 from tinygrad import Device
 
                 renderer = renderer_name(Device[device].renderer)
-            family = ("cpu" if is_cpu(device) else "gpu") if ok else ""
+            family = kernel_family(device).name if ok else ""
             rows.append(DeviceStatus(name, device, ok, reason, renderer, family))
     return rows
 

@@ -16,7 +16,7 @@ from spiralctl import __version__
 from spiralctl.checkpoint import Checkpoint
 from spiralctl.data import LABELS
 from spiralctl.errors import SpiralError
-from spiralctl.storage import atomic_output
+from spiralctl.storage import atomic_output, check_output
 
 INSTALL = 'pip install "spiralctl[onnx]"'
 OPSET = 17
@@ -36,8 +36,7 @@ def check_onnx_output(out: Path, force: bool = False) -> None:
     """Refuse a bad output name, an existing file (unless `force`) and a missing onnx package."""
     if out.suffix.lower() != ".onnx":
         raise SpiralError(f"{out}: give the ONNX file a name ending in .onnx")
-    if out.exists() and not force:
-        raise SpiralError(f"{out} exists; pass {{force}} to replace it")
+    check_output(out, force, option=None)
     try:
         import onnx  # noqa: F401
     except ImportError:

@@ -221,15 +221,6 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
     return (*_from_json(text, str(path)), None)
 
 
-def check_output(path: Path, force: bool) -> None:
-    """A file spiralctl writes replaces an existing one only with `force` (the rule everywhere)."""
-    path = Path(path)
-    if path.is_dir():
-        raise SpiralError(f"{path} is a folder; give a file name", option="output")
-    if path.exists() and not force:
-        raise SpiralError(f"{path} exists; pass {{force}} to replace it", option="output")
-
-
 def write_predictions_csv(path: Path, rows: list[dict]) -> None:
     """The predictions as CSV: sequence, points, probability, label (and true_label when known)."""
     columns = ["sequence", "points", "probability", "label"]

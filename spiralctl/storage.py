@@ -52,6 +52,15 @@ def _new_file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def check_output(path: Path, force: bool, option: str | None = "output") -> None:
+    """A file spiralctl writes replaces an existing one only with `force` (the rule everywhere)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SpiralError(f"{path} is a folder; give a file name", option=option)
+    if path.exists() and not force:
+        raise SpiralError(f"{path} exists; pass {{force}} to replace it", option=option)
+
+
 @contextmanager
 def atomic_output(path: Path, mode: str = "wb") -> Iterator:
     """Open a temporary file next to `path`; on success fsync and rename it over `path`.

@@ -6,7 +6,12 @@ import json
 import struct
 
 import numpy as np
+import tinygrad.codegen as codegen
 from tinygrad import Tensor
+from tinygrad.helpers import Target
+from tinygrad.renderer.cstyle import CUDARenderer, HIPRenderer, MetalRenderer
+from tinygrad.renderer.ptx import PTXRenderer
+from tinygrad.uop.ops import Ops, PatternMatcher, ProgramInfo, UOp, UPat, graph_rewrite
 
 from spiralctl.kernels.adam import adam_scalars
 from spiralctl.trainer import Trainer
@@ -116,3 +121,30 @@ BAD_FILES = {
     "deep nesting": (lambda b: struct.pack("<Q", len(b)) + b)(b"[" * 100000 + b"]" * 100000),
     "NaN constant": (lambda b: struct.pack("<Q", len(b)) + b)(b'{"__metadata__":{"a":NaN}}'),
 }
+
+
+# Kernels rendered for other backends without their compilers (not installed here): linearize
+# and render, no compile.
+RENDERERS = {
+    "CUDA": (CUDARenderer, Target("CUDA", "CUDA", "sm_90")),
+    "PTX": (PTXRenderer, Target("CUDA", "PTX", "sm_90")),
+    "METAL": (MetalRenderer, Target("METAL", "METAL", "Apple9")),
+    "AMD": (HIPRenderer, Target("AMD", "HIP", "gfx1100")),
+}
+_RENDER = PatternMatcher(
+    [
+        (UPat(Ops.PROGRAM, src=(UPat(Ops.SINK, name="sink"),), name="prg"), codegen.do_linearize),
+        (UPat(Ops.PROGRAM, src=(UPat(), UPat(Ops.LINEAR, name="lin")), name="prg"), codegen.do_render),
+    ]
+)
+
+
+def render(ast: UOp, backend: str) -> tuple[str, tuple, tuple]:
+    """A kernel's source for `backend` and its launch: (source, global size, local size)."""
+    cls, target = RENDERERS[backend]
+    renderer = cls.__new__(cls)  # without __init__, which loads the vendor compiler
+    renderer.target, renderer.tensor_cores = target, []
+    sink = codegen.full_rewrite_to_sink(ast, renderer, optimize=ast.tag is None)
+    program = UOp(Ops.PROGRAM, src=(sink,), arg=ProgramInfo.from_sink(sink, target))
+    program = graph_rewrite(program, _RENDER, ctx=renderer, name="render")
+    return program.src[-1].arg, tuple(program.arg.global_size), tuple(program.arg.local_size or (1, 1, 1))

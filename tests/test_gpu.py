@@ -17,12 +17,11 @@ import math
 import numpy as np
 import pytest
 from gpu_helpers import GPU, GPU_KERNELS, HAS_CL, LAUNCHES, _close, _threads, cl, needs_cl, needs_gpu
-from helpers import lstm_numpy
-from tinygrad import Tensor, codegen
-from tinygrad.helpers import Target
-from tinygrad.renderer.cstyle import CUDARenderer, HIPRenderer, MetalRenderer
+from helpers import RENDERERS, lstm_numpy, render
+from tinygrad import Tensor
+from tinygrad.renderer.cstyle import CUDARenderer
 from tinygrad.renderer.ptx import PTXRenderer
-from tinygrad.uop.ops import Ops, PatternMatcher, ProgramInfo, UOp, UPat, graph_rewrite
+from tinygrad.uop.ops import Ops, UOp
 
 from spiralctl.kernels import gpu as gk
 from spiralctl.kernels.adam import FusedAdam, adam_scalars
@@ -331,29 +330,7 @@ def test_launch_sizes_on_opencl(cl_launches):
     assert sizes["lstm_weight_grad_in_gpu"] == ((4 * hidden, 1, 1), (16, 3, 1))
 
 
-RENDERERS = {
-    "CUDA": (CUDARenderer, Target("CUDA", "CUDA", "sm_90")),
-    "PTX": (PTXRenderer, Target("CUDA", "PTX", "sm_90")),
-    "METAL": (MetalRenderer, Target("METAL", "METAL", "Apple9")),
-    "AMD": (HIPRenderer, Target("AMD", "HIP", "gfx1100")),
-}
-RENDER = PatternMatcher(
-    [
-        (UPat(Ops.PROGRAM, src=(UPat(Ops.SINK, name="sink"),), name="prg"), codegen.do_linearize),
-        (UPat(Ops.PROGRAM, src=(UPat(), UPat(Ops.LINEAR, name="lin")), name="prg"), codegen.do_render),
-    ]
-)
 BARRIERS = {"CUDA": "__syncthreads()", "PTX": "bar.sync", "METAL": "threadgroup_barrier", "AMD": "s_barrier"}
-
-
-def _render(ast: UOp, backend: str) -> tuple[str, tuple, tuple]:
-    cls, target = RENDERERS[backend]
-    renderer = cls.__new__(cls)  # without __init__, which loads the vendor compiler
-    renderer.target, renderer.tensor_cores = target, []
-    sink = codegen.full_rewrite_to_sink(ast, renderer, optimize=ast.tag is None)
-    program = UOp(Ops.PROGRAM, src=(sink,), arg=ProgramInfo.from_sink(sink, target))
-    program = graph_rewrite(program, RENDER, ctx=renderer, name="render")
-    return program.src[-1].arg, tuple(program.arg.global_size), tuple(program.arg.local_size or (1, 1, 1))
 
 
 @pytest.mark.parametrize("hidden", [LAUNCH_HIDDEN, 512])
@@ -364,7 +341,7 @@ def test_kernels_render_with_sane_launch_dims(cl_launches, backend, hidden):
     captured, on_cl = _step_asts(hidden), cl_launches if hidden == LAUNCH_HIDDEN else {}
     assert GPU_KERNELS <= set(captured)
     for name in sorted(GPU_KERNELS):
-        source, global_size, local_size = _render(captured[name], backend)
+        source, global_size, local_size = render(captured[name], backend)
         assert name in source
         assert math.prod(local_size) <= gk.MAX_BLOCK and max(global_size[1:]) < 65536, name
         assert _threads(global_size, local_size) >= 32, name
@@ -393,7 +370,7 @@ def test_kernels_compile_for_sm_90_with_nvrtc(hidden):
     if compiler is None:
         pytest.skip("libnvrtc not loadable (pip install nvidia-cuda-nvrtc; put its lib/ on LD_LIBRARY_PATH)")
     for name, ast in sorted(_step_asts(hidden).items()):
-        source, _, _ = _render(ast, "CUDA")
+        source, _, _ = render(ast, "CUDA")
         assert len(compiler.compile(source)) > 0, name
 
 

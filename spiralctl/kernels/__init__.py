@@ -1,6 +1,8 @@
 """Custom tinygrad kernels and what runs them.
 
-lstm      the recurrence: forward and backward through time, weight gradients
+lstm      the recurrence: forward and backward through time, weight gradients (CPU family)
+gpu       the same kernels shaped for a GPU (workgroups, local memory, barriers)
+family    which family a device gets
 step      one training step: forward, head and loss, backward, weight gradients
 adam      Adam over every parameter in one kernel
 layout    PackedBatch: the one buffer a step or a forward pass uploads

@@ -117,7 +117,7 @@ def _forward_kernel_gpu(
     batch: int,
     lengths: int | None = None,
 ) -> UOp:
-    """Same buffers and results as spiralctl.lstm._forward_kernel.
+    """Same buffers and results as spiralctl.kernels.lstm._forward_kernel.
 
     buffers: the state [2, H, B'] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
     Grid: one workgroup per tile of batch columns; block: hidden x tile threads, thread (n, column)
@@ -228,12 +228,12 @@ def sequence_forward_gpu(
     lengths: int | None = None,
     state: Tensor | None = None,
 ) -> list[Tensor]:
-    """Same arguments and return value as spiralctl.lstm.sequence_forward.
+    """Same arguments and return value as spiralctl.kernels.lstm.sequence_forward.
 
     Returns every buffer of the custom kernel: hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated
     gates: [T, 4H, B'], xa: [T, D+1, B'] (the inputs batch-last with a row of ones), then the inputs.
     B' = batch + the CPU family's padding columns. `grad_fxn` is passed through unchanged (the kernel's
-    argument order is the CPU kernel's, so spiralctl.lstm._fused_gradient fits it).
+    argument order is the CPU kernel's, so spiralctl.kernels.lstm._fused_gradient fits it).
 
     With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`, see
     PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end; `state`
@@ -270,7 +270,7 @@ def sequence_forward_gpu(
 def _backward_kernel_gpu(
     dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp, xa: UOp
 ) -> UOp:
-    """Same buffers and results as spiralctl.lstm._backward_kernel.
+    """Same buffers and results as spiralctl.kernels.lstm._backward_kernel.
 
     Grid and block as the forward kernel. Thread (n, column) turns unit n's dh, dc into its four
     gate gradients, then dh_{t-1}[n] = sum_j W_hh[j, n] dz[j] needs every row of the column: dz_t of
@@ -360,7 +360,7 @@ def _batch_dot_kernel(out: UOp, a: UOp, b_in: UOp, *, name: str) -> UOp:
 
 
 def weight_gradients_gpu(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
-    """Same arguments and return value as spiralctl.lstm._weight_gradients: (dW_hh: [4H, H],
+    """Same arguments and return value as spiralctl.kernels.lstm._weight_gradients: (dW_hh: [4H, H],
     dW_in: [4H, D+1], W_ih's gradient with the biases' as its last column).
 
     Differs in that it is two kernels (one per output, so that no thread loads both operands and
@@ -385,7 +385,7 @@ def weight_gradients_gpu(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Te
 def sequence_backward_gpu(
     dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Same arguments and return value as spiralctl.lstm.sequence_backward: (dz: [T, 4H, B'],
+    """Same arguments and return value as spiralctl.kernels.lstm.sequence_backward: (dz: [T, 4H, B'],
     dW_hh: [4H, H], dW_in: [4H, D+1]). xa's last row (1 inside a sequence, 0 past its end, as
     sequence_forward_gpu writes it) masks the steps past each sequence's end."""
     steps1, hidden, padded = hs.shape
@@ -407,7 +407,7 @@ def sequence_backward_gpu(
 
 
 def _fused_gradient_gpu(grad: UOp, call: UOp) -> tuple:
-    """spiralctl.lstm._fused_gradient on the GPU kernels: the same gradients, in the same order."""
+    """spiralctl.kernels.lstm._fused_gradient on the GPU kernels: the same gradients, in the same order."""
     outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]
     hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
     batch, steps, inputs = x.shape
@@ -421,7 +421,7 @@ def _fused_gradient_gpu(grad: UOp, call: UOp) -> tuple:
 
 
 def lstm_fused_gpu(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """Same arguments and result as spiralctl.lstm.lstm_fused: h_T [B, H], differentiable by tinygrad's
+    """As kernels/lstm.py's lstm_fused: h_T [B, H], differentiable by tinygrad's
     autograd through the GPU backward kernels."""
     batch, steps, _ = x.shape
     hs, *_ = sequence_forward_gpu(
@@ -544,7 +544,7 @@ def _head_weights_kernel(d_head: UOp, per_sequence: UOp, hs: UOp, *, batch: int)
 def head_gpu(
     hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
 ) -> list[Tensor]:
-    """Same arguments and return value as spiralctl.step._head: [out [1, 2] (mean masked loss, right
+    """Same arguments and return value as spiralctl.kernels.step._head: [out [1, 2] (mean masked loss, right
     answers), dh_last: [H, B'], d_head: [H + 1], per_sequence: [3, B]].
 
     Differs in that it is three kernels (the loss, then dL/dh_T and the head gradients, which need
@@ -581,7 +581,7 @@ def head_gpu(
 
 
 def _adam_kernel_gpu(*buffers: UOp, count: int, sources: tuple, offset: int) -> UOp:
-    """Same buffers, `sources` and results as spiralctl.optim._adam_kernel.
+    """Same buffers, `sources` and results as spiralctl.kernels.adam._adam_kernel.
 
     One thread per element of the largest parameter; thread i updates element i of every parameter
     that has one (smaller parameters' stores are gated), so one launch covers them all and even the
