@@ -86,3 +86,34 @@ def test_debug_keeps_stdout_for_results(tmp_path):
     assert json.loads(result.stdout)["points"] == 3  # stdout holds the result and nothing else
     assert "*** CPU" in result.stderr  # tinygrad's kernel lines went to stderr
     assert np.isfinite(json.loads(result.stdout)["probability"])
+
+
+def test_a_wheel_holds_every_module_of_the_package(tmp_path):
+    """`pip install .` (not editable) must bring every subpackage: build the wheel and compare its
+    modules with the source tree's."""
+    from pathlib import Path
+    from zipfile import ZipFile
+
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(root),
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("spiralctl-*.whl")
+    inside = {name for name in ZipFile(wheel).namelist() if name.endswith(".py")}
+    source = {str(p.relative_to(root)) for p in (root / "spiralctl").rglob("*.py")}
+    assert source <= inside, sorted(source - inside)
