@@ -213,7 +213,7 @@ CheckpointArgument = Annotated[
 def gen_data(
     ctx: typer.Context,
     out_dir: Annotated[
-        Path, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
+        str, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
     ],
     sequences: Annotated[
         int, typer.Option(help="Sequences in all splits together (even).", rich_help_panel=DATA)
@@ -420,6 +420,8 @@ def train(
 
     spiralctl train --resume runs/train-3/last.safetensors --epochs 50
     """
+    if quiet and verbose:
+        raise SpiralError("and {verbose} ask for opposite things; give one", option="quiet")
     settings = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -675,6 +677,8 @@ def evaluate(
 
     spiralctl eval runs/train-1/best.safetensors data/test.safetensors
     """
+    if min_accuracy is not None:
+        commands.check_accuracy_bound(min_accuracy)
     report = commands.evaluate(checkpoint, data, _inference(device, batch_size, threshold))
     _show(ctx, report, json_output, ui.eval_report)
     if min_accuracy is not None:

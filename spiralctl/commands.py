@@ -32,16 +32,18 @@ from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError, WriteFailed
 from spiralctl.inputs import read_sequences
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import step_bytes
-from spiralctl.kernels.threads import cpu_threads, is_cpu
+from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers
 from spiralctl.model import SpiralClassifier
 from spiralctl.predictor import Predictor, classification_report, sigmoid
 from spiralctl.runs import (
+    check_not_in_use,
     metrics_hold,
     next_run_dir,
     prepare_run_dir,
     read_metrics,
     remove_run,
+    remove_temporaries,
     resume_history,
     run_lock,
     write_config,
@@ -51,10 +53,13 @@ from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, check_output, r
 from spiralctl.trainer import Diverged, ProgressCallback, StopOnSignal, check_resume, fit, no_progress
 
 
-def gen_data(config: DataConfig, out_dir: Path, force: bool = False) -> dict:
+def gen_data(config: DataConfig, out_dir: Path | str, force: bool = False) -> dict:
     """Generate a dataset and write its splits into `out_dir`; returns what was written."""
     from spiralctl.data import save_datasets
 
+    if not str(out_dir).strip():
+        raise SpiralError("OUT_DIR is empty; give the folder to write the dataset into")
+    out_dir = Path(out_dir)
     datasets = generate(config)
     paths = save_datasets(out_dir, datasets, force=force)
     rows = [
@@ -145,7 +150,7 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
         raise SpiralError(
             f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
             f"points needs about {needed / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB is "
-            "available; choose a smaller batch",
+            "available; choose a smaller batch, or a smaller {hidden}",
             option="batch_size",
         )
     return config, notes
@@ -251,8 +256,13 @@ def train(
             option="resume",
         )
     config, notes = _fit_batch(config, train_set, tinygrad_device)
+    if is_cpu(tinygrad_device):
+        thread_count()  # a bad SPIRALCTL_THREADS is an error before anything is written
+    if out is not None and not str(out).strip():
+        raise SpiralError("is empty; give a folder for the run", option="out")
     source_dir = Path(resume_path).parent if resume_path is not None else None
     run_dir = Path(out) if out is not None else source_dir if source_dir is not None else next_run_dir()
+    check_not_in_use(run_dir)
     continues = source_dir is not None and run_dir.resolve() == source_dir.resolve()
     history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
     with StopOnSignal() as stop:  # from here on a signal stops the run at a resumable point
@@ -260,6 +270,7 @@ def train(
         for note in notes:
             on_progress("note", {"message": note})
         with run_lock(run_dir):
+            remove_temporaries(run_dir)  # what a killed run left half-written
             try:
                 write_config(run_dir, run_options(config, data_dir, device))
                 if not continues or not metrics_hold(run_dir, history):
@@ -309,7 +320,7 @@ def train(
 
         try:
             summary["plots"] = [str(path) for path in training_plots(history, run_dir)]
-        except PlotsUnavailable as exc:
+        except (PlotsUnavailable, WriteFailed) as exc:  # the run itself is done and saved
             summary["plots_unavailable"] = str(exc)
     summary["seconds"] = time.perf_counter() - started
     return summary
@@ -336,8 +347,14 @@ def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions =
     return {**report, "checkpoint": str(checkpoint_path), "data": str(data_path), "device": model.device}
 
 
+def check_accuracy_bound(min_accuracy: float) -> None:
+    if not 0 <= min_accuracy <= 1:  # NaN too
+        raise SpiralError(f"must be between 0 and 1 (got {min_accuracy})", option="min_accuracy")
+
+
 def check_min_accuracy(report: dict, min_accuracy: float) -> None:
     """For CI pipelines: a run failure (exit 1) when the evaluated accuracy is too low."""
+    check_accuracy_bound(min_accuracy)
     if report["accuracy"] < min_accuracy:
         raise SpiralError(
             f"accuracy {report['accuracy']:.4f} on {report['data']} is below {{min_accuracy}} {min_accuracy}",

@@ -50,6 +50,9 @@ def available_memory() -> int | None:
         return None
 
 
+MAX_NOISE = 1e6
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How a dataset is generated. Defaults are the Lux tutorial's."""
@@ -71,8 +74,12 @@ class DataConfig:
             )
         if self.length < 2:
             raise SpiralError(f"must be at least 2 points (got {self.length})", option="length")
-        if not np.isfinite(self.noise) or self.noise < 0:
-            raise SpiralError(f"must be a finite number >= 0 (got {self.noise})", option="noise")
+        if not np.isfinite(self.noise) or not 0 <= self.noise <= MAX_NOISE:
+            raise SpiralError(
+                f"must be a number from 0 to {MAX_NOISE:g} (got {self.noise}); spirals have a radius of "
+                "about 6, and far larger noise would not fit in float32",
+                option="noise",
+            )
         if self.style not in STYLES:
             raise SpiralError(f"must be one of {', '.join(STYLES)} (got {self.style!r})", option="style")
         if not 0 < self.val_fraction < 1:
@@ -217,7 +224,8 @@ def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = Fal
     paths = {split: out_dir / f"{split}.safetensors" for split in datasets}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not force:
-        raise SpiralError(f"{', '.join(existing)} already exists; pass {{force}} to overwrite")
+        exist = "already exists" if len(existing) == 1 else "already exist"
+        raise SpiralError(f"{', '.join(existing)} {exist}; pass {{force}} to overwrite")
     created = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

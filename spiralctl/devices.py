@@ -20,6 +20,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
     "cuda": (("CUDA", "NV"), "needs an NVIDIA GPU with its driver and CUDA"),
     "amd": (("AMD", "HIP"), "needs an AMD GPU with the amdgpu driver (ROCm)"),
     "metal": (("METAL",), "needs a Mac with Metal"),
+    "opencl": (("CL",), "needs an OpenCL driver (pocl-opencl-icd runs OpenCL on the CPU, for testing)"),
 }
 AUTO_ORDER = ("cuda", "amd", "metal", "cpu")
 
@@ -112,7 +113,7 @@ def _known(device: str) -> bool:
     from tinygrad.device import Device
 
     base = device.split(":")[0].upper()
-    return bool(base) and base in Device._devices and base not in ("DISK", "NPY", "TINYFS")
+    return bool(base) and base in Device._devices and base not in ("DISK", "NPY", "TINYFS", "NULL")
 
 
 def resolve_device(requested: str = "auto") -> str:

@@ -116,6 +116,30 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def check_not_in_use(run_dir: Path) -> None:
+    """Refuse at once a folder another training holds, before judging what is in it."""
+    import fcntl
+
+    lock = Path(run_dir) / ".lock"
+    if not lock.is_file():
+        return
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpiralError(
+            f"{run_dir} is in use by another training; wait for it or choose another {{out}}"
+        ) from None
+    except OSError:
+        return
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Remove the hidden temporary files (.NAME.XXXX.tmp) a killed run left; call under the lock."""
+    for path in Path(run_dir).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def write_config(run_dir: Path, options: dict) -> None:
     with atomic_output(run_dir / "config.json") as handle:
         handle.write((json.dumps(options, indent=2) + "\n").encode())

@@ -287,10 +287,10 @@ def end_of_epoch(
         raise Diverged(
             f"the loss became {metrics['train_loss']} (validation {metrics['val_loss']}) in epoch {epoch}"
         )
-    if metrics["train_loss"] > DIVERGED_LOSS:
+    if max(metrics["train_loss"], metrics["val_loss"]) > DIVERGED_LOSS:
         raise Diverged(
-            f"training diverged: train loss {metrics['train_loss']:.4g} in epoch {epoch} "
-            f"(an untrained model scores {math.log(2):.3f})"
+            f"training diverged: train loss {metrics['train_loss']:.4g}, validation loss "
+            f"{metrics['val_loss']:.4g} in epoch {epoch} (an untrained model scores {math.log(2):.3f})"
         )
     return metrics
 

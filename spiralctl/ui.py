@@ -39,7 +39,7 @@ class _Console(Console):
 
 def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
     console = _Console(stderr=stderr, file=file, highlight=False, soft_wrap=True)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
+    if not console.is_terminal:  # also when COLUMNS is set: a file or a pipe has no width
         console.width = PIPE_WIDTH
     return console
 

@@ -93,6 +93,7 @@ def test_noise_has_the_requested_spread():
         (DataConfig(sequences=11), "even"),
         (DataConfig(length=1), "length"),
         (DataConfig(noise=-1), "noise"),
+        (DataConfig(noise=1e40), "noise must be a number from 0 to 1e\\+06"),
         (DataConfig(style="round"), "style"),
         (DataConfig(val_fraction=0), "val_fraction"),
         (DataConfig(test_fraction=-0.1), "test_fraction"),

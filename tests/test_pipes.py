@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,60 @@ def test_help_shows_flags_without_a_value_and_arguments_by_name(run):
     for option in ("--exist-ok", "--quiet", "--json-progress", "--no-plots"):
         line = next(line for line in train_help.splitlines() if option in line)
         assert "<bool>" not in line, line
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["gen-data", ""], "OUT_DIR is empty"),
+        (["gen-data", "g", "--noise", "1e40"], "--noise must be a number from 0 to 1e+06"),
+        (["train", "--out", " "], "--out is empty"),
+        (["train", "-q", "-v"], "--quiet and --verbose ask for opposite things"),
+        (["eval", "{ckpt}", "{data}", "--min-accuracy", "1.1"], "--min-accuracy must be between 0 and 1"),
+        (["eval", "{ckpt}", "{data}", "--min-accuracy", "nan"], "--min-accuracy must be between 0 and 1"),
+        (["eval", "{ckpt}", "{data}", "--device", "NULL"], "--device NULL is not a device"),
+    ],
+)
+def test_more_bad_options_get_one_line(run, trained_run, small_data, args, text):
+    fill = {"ckpt": trained_run / "best.safetensors", "data": small_data / "val.safetensors"}
+    result = run(*(a.format(**fill) for a in args))
+    assert result.exit_code == 2 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: {text}"), result.stderr
+
+
+def test_a_folder_in_use_says_so_first(run, small_data, tmp_path):
+    from spiralctl.runs import run_lock
+
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "last.safetensors").write_bytes(b"")  # looks like a run, but another training holds it
+    with run_lock(folder):
+        result = run("train", "--data", small_data, "--out", folder, "--exist-ok")
+    assert result.exit_code == 2 and "is in use by another training" in result.stderr
+
+
+def test_plots_that_cannot_be_written_do_not_fail_a_finished_run(run, small_data, tmp_path, monkeypatch):
+    import spiralctl.plots
+    from spiralctl.errors import WriteFailed
+
+    def full(figure, path):
+        raise WriteFailed(str(path), "No space left on device")
+
+    monkeypatch.setattr(spiralctl.plots, "_save", full)
+    out = tmp_path / "r"
+    result = run(
+        "train", "--data", small_data, "--out", out, "--epochs", 1, "--hidden", 4, "--batch-size", 32
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "note: no loss.png/accuracy.png: cannot write" in result.stderr
+    assert load_checkpoint(out / "last.safetensors").epoch == 1
+
+
+def test_a_killed_runs_temporary_files_are_cleared_by_its_resume(trained_run, tmp_path):
+    run_dir = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    stale = run_dir / ".best.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    from spiralctl.config import TrainConfig
+
+    commands.train(TrainConfig(epochs=3), resume_path=run_dir / "last.safetensors", device="cpu", plots=False)
+    assert not stale.exists()

@@ -53,6 +53,9 @@ def stop_compile_workers() -> None:
     pool, worker.worker_pool = worker.worker_pool, None
     if pool is None:
         return
+    if all(process.is_alive() for process in pool._pool):
+        pool.terminate()  # healthy workers: the pool's own way, which also frees its semaphores
+        return
     # the pool's own terminate() first takes a queue lock that a killed worker may hold forever
     pool._terminate.cancel()
     pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE  # no replacements
