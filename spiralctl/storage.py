@@ -225,8 +225,15 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
     except OSError as exc:
         raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from exc
 
+    other = path.suffix.lower() in (".csv", ".json", ".npy", ".txt", ".tsv")
+    hint = (
+        f"; a {path.suffix} file holds sequences for predict, or for import into a dataset"
+        if other
+        else "; it may be damaged, or another kind of file"
+    )
+
     def bad(why: str) -> SpiralError:
-        return SpiralError(f"{path} is not a valid safetensors file: {why}")
+        return SpiralError(f"{path} is not a valid safetensors file: {why}{hint}")
 
     if len(raw) < 8:
         raise bad("shorter than the 8-byte header length")
