@@ -111,18 +111,30 @@ class DataConfig:
 
 @dataclass
 class Dataset:
-    """Sequences `x: float32[N, T, 2]` and labels `y: uint8[N]` (0 clockwise, 1 anticlockwise)."""
+    """Sequences `x: float32[N, T, 2]` (zero past each sequence's length), labels `y: uint8[N]`
+    (0 clockwise, 1 anticlockwise) and lengths `lengths: int64[N]` (2..T; default all T)."""
 
     x: np.ndarray
     y: np.ndarray
     metadata: dict[str, str]
+    lengths: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = np.full(len(self.x), self.x.shape[1], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.y)
 
     @property
     def length(self) -> int:
+        """T: the longest sequence's points (every sequence's, when all have one length)."""
         return int(self.x.shape[1])
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the sequences have different lengths."""
+        return bool(len(self.lengths)) and int(self.lengths.min()) != int(self.lengths.max())
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.x.tobytes())
