@@ -209,7 +209,14 @@ def gen_data(
     sequences: Annotated[
         int, typer.Option(help="Sequences in all splits together (even).", rich_help_panel=DATA)
     ] = 1000,
-    length: Annotated[int, typer.Option(help="Points per sequence.", rich_help_panel=DATA)] = 50,
+    length: Annotated[
+        str,
+        typer.Option(
+            metavar="N|MIN:MAX",
+            help="Points per sequence, or MIN:MAX to draw each sequence's length uniformly from MIN to MAX.",
+            rich_help_panel=DATA,
+        ),
+    ] = "50",
     noise: Annotated[
         float, typer.Option(help="Standard deviation of the Gaussian noise.", rich_help_panel=DATA)
     ] = 0.1,
@@ -240,11 +247,13 @@ def gen_data(
 
     spiralctl gen-data data/ --test-fraction 0.2
     """
-    from spiralctl.data import DataConfig
+    from spiralctl.data import DataConfig, parse_length
 
+    shortest, longest = parse_length(length)
     config = DataConfig(
         sequences=sequences,
-        length=length,
+        length=longest,
+        min_length=shortest if shortest != longest else None,
         noise=noise,
         style=style.value,
         val_fraction=val_fraction,
@@ -252,6 +261,57 @@ def gen_data(
         seed=seed,
     )
     _show(ctx, commands.gen_data(config, out_dir, force=force), json_output, ui.datasets_table)
+
+
+@app.command("import")
+def import_data(
+    ctx: typer.Context,
+    input: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Labelled sequences: a CSV with header sequence,x,y,label; a JSON list of "
+            '{"points": [[x, y], ...], "label": ...} objects; or a .npy array [N, T, 2] with --labels.',
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="For a .npy INPUT: a .npy array [N] of labels (0/1 or class names).", rich_help_panel=DATA
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of each class for validation.", rich_help_panel=SPLITS)
+    ] = 0.2,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of each class for a test split (0: none).", rich_help_panel=SPLITS)
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed of the split.", rich_help_panel=SPLITS)] = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Turn your own labelled sequences into a dataset that train, eval and predict read.
+
+    Labels are clockwise/anticlockwise (any case) or 0/1. Every sequence needs at least 2
+    points of finite x and y; sequences may have different lengths.
+
+    **Example**
+
+    spiralctl import strokes.csv data/ --test-fraction 0.2
+    """
+    result = commands.import_dataset(
+        input,
+        out_dir,
+        labels=labels,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        force=force,
+    )
+    _show(ctx, result, json_output, ui.datasets_table)
 
 
 class Schedule(str, Enum):

@@ -18,7 +18,7 @@ import numpy as np
 from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from spiralctl.config import FIXED_ON_RESUME, InferenceOptions, TrainConfig, run_options
 from spiralctl.data import (
-    DATASET_FORMAT,
+    DATASET_FORMATS,
     LABELS,
     DataConfig,
     Dataset,
@@ -35,7 +35,7 @@ from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu
 from spiralctl.kernels.workers import start_compile_workers
 from spiralctl.model import SpiralClassifier
-from spiralctl.predictor import Predictor, classification_report, sigmoid
+from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
 from spiralctl.runs import (
     prepare_run_dir,
     read_metrics,
@@ -55,18 +55,43 @@ def gen_data(config: DataConfig, out_dir: Path, force: bool = False) -> dict:
 
     datasets = generate(config)
     paths = save_datasets(out_dir, datasets, force=force)
-    rows = [
+    return {"out_dir": str(out_dir), "generator": asdict(config), "splits": _split_rows(datasets, paths)}
+
+
+def import_dataset(
+    source: str,
+    out_dir: Path,
+    *,
+    labels: Path | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    force: bool = False,
+) -> dict:
+    """Labelled sequences from a CSV, JSON or .npy file (see inputs.read_labelled) as a dataset
+    in `out_dir` with stratified, seeded train/val(/test) splits; returns what was written."""
+    from spiralctl.data import imported_datasets, save_datasets
+    from spiralctl.inputs import read_labelled
+
+    _, sequences, y = read_labelled(source, labels)
+    datasets = imported_datasets(sequences, y, source, val_fraction, test_fraction, seed)
+    paths = save_datasets(out_dir, datasets, force=force)
+    return {"out_dir": str(out_dir), "source": str(source), "splits": _split_rows(datasets, paths)}
+
+
+def _split_rows(datasets: dict[str, Dataset], paths: list[Path]) -> list[dict]:
+    return [
         {
             "split": split,
             "sequences": len(d),
             "clockwise": int((d.y == 0).sum()),
             "anticlockwise": int((d.y == 1).sum()),
             "length": d.length,
+            "min_length": int(d.lengths.min()),
             "file": str(path),
         }
         for (split, d), path in zip(datasets.items(), paths)
     ]
-    return {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
 
 
 def load_model(checkpoint_path: Path, device: str) -> tuple[Checkpoint, SpiralClassifier]:
@@ -118,8 +143,6 @@ def _training_data(data_dir: Path | None, seed: int) -> tuple[Dataset, Dataset, 
         return splits["train"], splits["val"], f"generated: {generated}", []
     data = load_training_data(data_dir)
     train, val, warnings = data.train, data.val, data.warnings
-    if train.length != val.length:
-        raise SpiralError(f"{data_dir}: train and val sequences differ in length", option="data")
     return train, val, str(data_dir), warnings
 
 
@@ -278,8 +301,9 @@ def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions =
     _, model = load_model(checkpoint_path, options.device)
     data = load_dataset(data_path)
     with _predictor(model, options) as predictor:
-        logits = predictor.logits(data.x)
+        logits = predictor.logits(data.x, data.lengths)
     report = classification_report(logits, data.y, options.threshold)
+    report["by_length"] = accuracy_by_length(logits, data.y, data.lengths, options.threshold)
     return {**report, "checkpoint": str(checkpoint_path), "data": str(data_path), "device": model.device}
 
 
@@ -401,13 +425,14 @@ def info(path: Path) -> dict:
             k: _parsed(v) for k, v in metadata.items() if k not in (CHECKSUM_KEY, LEGACY_CHECKSUM_KEY)
         },
     }
-    if fmt == DATASET_FORMAT:
+    if fmt in DATASET_FORMATS:
         data = load_dataset(path)
         counts = np.bincount(data.y, minlength=2)
         report.update(
             kind="dataset",
             sequences=len(data),
             length=data.length,
+            min_length=int(data.lengths.min()),
             classes={name: int(counts[i]) for i, name in enumerate(LABELS)},
         )
     elif fmt == CHECKPOINT_FORMAT:

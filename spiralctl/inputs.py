@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralctl.data import load_dataset
+from spiralctl.data import LABELS, load_dataset
 from spiralctl.errors import SpiralError
 from spiralctl.storage import atomic_output
 
 CSV_HEADER = ["sequence", "x", "y"]
+LABELLED_CSV_HEADER = [*CSV_HEADER, "label"]
 # spiralctl computes in float32: a coordinate beyond this would become infinite
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 NOT_FINITE = "is not a finite number; give finite x and y values"
@@ -59,7 +60,7 @@ def _number(field: str, decimal_comma: bool) -> float:
     return float(field)
 
 
-def _csv_rows(text: str, where: str):
+def _csv_rows(text: str, where: str, columns: list[str] = CSV_HEADER):
     """The CSV's data rows as (line number, fields), after a header in any spreadsheet's dialect:
     comma, semicolon or tab separated (with the two others, a decimal comma is allowed)."""
     first = text.split("\n", 1)[0]
@@ -67,18 +68,18 @@ def _csv_rows(text: str, where: str):
         header = next(csv.reader([first], delimiter=delimiter), [])
         while header and not header[-1].strip():
             header.pop()
-        if [c.strip().lower() for c in header] == CSV_HEADER:
+        if [c.strip().lower() for c in header] == columns:
             break
     else:
         raise SpiralError(
-            f"{where}: a CSV input needs the header 'sequence,x,y' on its first line "
+            f"{where}: a CSV input needs the header '{','.join(columns)}' on its first line "
             "(separated by commas, semicolons or tabs)"
         )
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
         next(reader)
         for row in reader:
-            while len(row) > 3 and not row[-1].strip():  # empty columns a spreadsheet adds
+            while len(row) > len(columns) and not row[-1].strip():  # empty columns a spreadsheet adds
                 row.pop()
             if row and any(c.strip() for c in row):
                 yield reader.line_num, row, delimiter != ","
@@ -86,15 +87,27 @@ def _csv_rows(text: str, where: str):
         raise SpiralError(f"{where}: line {reader.line_num}: not valid CSV ({exc})") from None
 
 
-def _from_csv(text: str, where: str) -> tuple[list[str], list[np.ndarray]]:
+def _from_csv(
+    text: str, where: str, labels: dict[str, int] | None = None
+) -> tuple[list[str], list[np.ndarray]]:
+    """Sequences in order of first appearance. With `labels` (a dict to fill), the CSV has a
+    fourth column, label, which every row of a sequence must agree on."""
+    columns = CSV_HEADER if labels is None else LABELLED_CSV_HEADER
     order: list[str] = []
     points: dict[str, list[list[float]]] = {}
-    for line, row, decimal_comma in _csv_rows(text, where):
-        if len(row) != 3:
-            raise SpiralError(f"{where}: line {line} has {len(row)} fields, expected sequence,x,y")
+    for line, row, decimal_comma in _csv_rows(text, where, columns):
+        if len(row) != len(columns):
+            raise SpiralError(f"{where}: line {line} has {len(row)} fields, expected {','.join(columns)}")
         name = row[0].strip()
+        if labels is not None:
+            label = parse_label(row[3], f"{where}: line {line}")
+            if labels.setdefault(name, label) != label:
+                raise SpiralError(
+                    f"{where}: line {line}: sequence {name} is labelled {LABELS[labels[name]]} on its "
+                    f"earlier lines and {LABELS[label]} here; give each sequence one label"
+                )
         point = []
-        for axis, field in zip("xy", row[1:]):
+        for axis, field in zip("xy", row[1:3]):
             try:
                 value = _number(field, decimal_comma)
             except ValueError:
@@ -203,7 +216,7 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         data = load_dataset(path)
-        return [str(i) for i in range(len(data))], list(data.x), data.y
+        return [str(i) for i in range(len(data))], [x[:n] for x, n in zip(data.x, data.lengths)], data.y
     if suffix == ".npy":
         return (*_from_npy(path), None)
     if suffix not in (".csv", ".json"):
@@ -219,6 +232,94 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
     if suffix == ".csv":
         return (*_from_csv(text, str(path)), None)
     return (*_from_json(text, str(path)), None)
+
+
+LABEL_HINT = "clockwise, anticlockwise, 0 (clockwise) or 1 (anticlockwise)"
+
+
+def parse_label(value: object, where: str) -> int:
+    """A label as 0 (clockwise) or 1 (anticlockwise): a class name (any case) or 0/1."""
+    if isinstance(value, (bool, np.bool_)):
+        value = repr(bool(value))  # true/false are not labels
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value) in (0.0, 1.0):
+        return int(value)
+    text = str(value).strip().lower()
+    if text in LABELS:
+        return LABELS.index(text)
+    if text in ("0", "1"):
+        return int(text)
+    raise SpiralError(f"{where}: the label must be {LABEL_HINT}, found {str(value)[:40]!r}")
+
+
+def _labelled_json(text: str, where: str) -> tuple[list[str], list[np.ndarray], list[int]]:
+    """[{"points": [[x, y], ...], "label": ..., "sequence": optional name}, ...]"""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SpiralError(f"{where}: not valid JSON ({exc})") from None
+    usage = 'a list of {"points": [[x, y], ...], "label": "clockwise"} objects'
+    if not isinstance(value, list) or not value:
+        raise SpiralError(f"{where}: labelled JSON must be {usage}")
+    names, sequences, labels = [], [], []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or "points" not in item or "label" not in item:
+            raise SpiralError(f"{where}: sequence {index} must be an object with points and label; {usage}")
+        names.append(str(item.get("sequence", index)))
+        sequences.append(_json_points(item["points"], where, index))
+        labels.append(parse_label(item["label"], f"{where}: sequence {index}"))
+    return names, sequences, labels
+
+
+def _labels_npy(path: Path, count: int) -> list[int]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SpiralError(f"{path}: not a readable .npy array of labels ({exc})", option="labels") from None
+    if not isinstance(array, np.ndarray) or array.shape != (count,) or array.dtype.kind not in "iuU":
+        what = f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray) else "an archive"
+        raise SpiralError(
+            f"{path}: labels must be one per sequence, [{count}] of 0/1 or class names; found {what}",
+            option="labels",
+        )
+    return [parse_label(value, f"{path}: label {i}") for i, value in enumerate(array.tolist())]
+
+
+def read_labelled(
+    source: str, labels_path: Path | None = None
+) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """Labelled sequences for import: a CSV with the header sequence,x,y,label, a JSON list of
+    {"points", "label"} objects, or a .npy array [N, T, 2] with its labels in `labels_path`."""
+    path = Path(source)
+    if not path.exists():
+        raise SpiralError(f"{path}: no such file; give a .csv, .json or .npy file")
+    if path.is_dir():
+        raise SpiralError(f"{path} is a folder; give a .csv, .json or .npy file")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".npy"):
+        raise SpiralError(f"{path}: unknown input type {suffix or '(none)'!r}; use .csv, .json or .npy")
+    if suffix == ".npy":
+        if labels_path is None:
+            raise SpiralError(
+                f"{path} holds no labels: give them as a .npy array [N] with {{labels}} FILE.npy"
+            )
+        names, sequences = _from_npy(path)
+        return names, sequences, np.array(_labels_npy(Path(labels_path), len(sequences)), dtype=np.uint8)
+    if labels_path is not None:
+        raise SpiralError(f"is for .npy inputs; {path} holds its own labels", option="labels")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise SpiralError(f"{path} is not UTF-8 text; save it as CSV UTF-8 (or JSON) and try again") from None
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
+    if suffix == ".json":
+        names, sequences, labels = _labelled_json(text, str(path))
+        return names, sequences, np.array(labels, dtype=np.uint8)
+    by_name: dict[str, int] = {}
+    names, sequences = _from_csv(text, str(path), by_name)
+    return names, sequences, np.array([by_name[n] for n in names], dtype=np.uint8)
 
 
 def check_output(path: Path, force: bool) -> None:

@@ -161,3 +161,32 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: flo
         "confusion": confusion.tolist(),
         "per_class": per_class,
     }
+
+
+LENGTH_BUCKETS = 4
+
+
+def length_buckets(lengths: np.ndarray, most: int = LENGTH_BUCKETS) -> list[tuple[int, int]]:
+    """Inclusive (shortest, longest) ranges: one per length when there are at most `most`
+    lengths, else `most` ranges of equal width from the shortest to the longest length."""
+    distinct = np.unique(lengths)
+    if len(distinct) <= most:
+        return [(int(v), int(v)) for v in distinct]
+    low, high = int(distinct[0]), int(distinct[-1])
+    edges = np.linspace(low, high + 1, most + 1)
+    bounds = [int(np.ceil(e)) for e in edges]
+    return [(bounds[k], bounds[k + 1] - 1) for k in range(most) if bounds[k + 1] > bounds[k]]
+
+
+def accuracy_by_length(
+    logits: np.ndarray, labels: np.ndarray, lengths: np.ndarray, threshold: float = 0.5
+) -> list[dict]:
+    """Accuracy per length bucket (see length_buckets): shortest, longest, n, accuracy."""
+    right = (sigmoid(logits) > threshold).astype(np.int64) == labels.astype(np.int64)
+    rows = []
+    for low, high in length_buckets(lengths):
+        inside = (lengths >= low) & (lengths <= high)
+        n = int(inside.sum())
+        if n:
+            rows.append({"shortest": low, "longest": high, "n": n, "accuracy": float(right[inside].mean())})
+    return rows

@@ -296,6 +296,19 @@ def eval_report(console: Console, report: dict) -> None:
         confusion.add_row(name, *(str(v) for v in row))
     console.print(confusion)
 
+    if len(report.get("by_length", [])) > 1:
+        by_length = Table(title="accuracy by length (points)", title_justify="left")
+        for column in ("points", "sequences", "accuracy"):
+            by_length.add_column(column, justify="right")
+        for row in report["by_length"]:
+            points = str(row["shortest"]) if row["shortest"] == row["longest"] else _span(row)
+            by_length.add_row(points, str(row["n"]), f"{row['accuracy']:.4f}")
+        console.print(by_length)
+
+
+def _span(row: dict) -> str:
+    return f"{row['shortest']}-{row['longest']}"
+
 
 def predictions_table(console: Console, rows: list[dict]) -> None:
     table = Table(title_justify="left")
@@ -330,10 +343,14 @@ def datasets_table(console: Console, summary: dict) -> None:
             str(row["sequences"]),
             str(row["clockwise"]),
             str(row["anticlockwise"]),
-            str(row["length"]),
+            str(row["length"]) if row.get("min_length", row["length"]) == row["length"] else _lengths(row),
             row["file"],
         )
     console.print(table)
+
+
+def _lengths(row: dict) -> str:
+    return f"{row['min_length']}-{row['length']}"
 
 
 def file_info(console: Console, report: dict) -> None:
@@ -346,7 +363,12 @@ def file_info(console: Console, report: dict) -> None:
     summary.add_row("checksum", report["checksum"])
     if report["kind"] == "dataset":
         classes = ", ".join(f"{n} {name}" for name, n in report["classes"].items())
-        summary.add_row("sequences", f"{report['sequences']} of {report['length']} points ({classes})")
+        points = (
+            report["length"]
+            if report.get("min_length", report["length"]) == report["length"]
+            else _lengths(report)
+        )
+        summary.add_row("sequences", f"{report['sequences']} of {points} points ({classes})")
     if report["kind"] == "checkpoint":
         steps = report.get("partial_steps", 0)
         position = f" finished, and {steps} steps of epoch {report['epoch'] + 1}" if steps else ""

@@ -108,3 +108,142 @@ def test_training_step_on_mixed_lengths_reports_the_loss_of_each_sequence_at_its
     logits = _reference_logits(x, lengths, weights)
     assert loss == pytest.approx(bce_numpy(logits[:13], y[:13]).mean(), abs=1e-5)
     assert right == int(((logits[:13] > 0) == (y[:13] == 1)).sum())
+
+
+# ---- datasets of mixed lengths
+
+
+def test_gen_data_draws_each_length_from_min_to_max(tmp_path):
+    from spiralctl.data import DataConfig, generate, load_dataset, save_datasets
+
+    config = DataConfig(sequences=400, length=30, min_length=5, seed=2)
+    splits = generate(config)
+    again = generate(config)
+    save_datasets(tmp_path, splits)
+    for split, data in splits.items():
+        loaded = load_dataset(tmp_path / f"{split}.safetensors")
+        np.testing.assert_array_equal(loaded.lengths, data.lengths)
+        np.testing.assert_array_equal(loaded.x, again[split].x)
+        assert loaded.metadata["format"] == "spiralctl-dataset/2"
+        assert 5 <= loaded.lengths.min() and loaded.lengths.max() <= 30
+        past_end = np.arange(30)[None, :] >= loaded.lengths[:, None]
+        assert not loaded.x[past_end].any() and loaded.x[~past_end].any(axis=-1).all()
+    every = np.concatenate([d.lengths for d in splits.values()])
+    assert set(every) == set(range(5, 31))  # uniform: 400 draws reach all 26 lengths
+
+
+def test_a_fixed_length_keeps_the_same_sequences_as_before():
+    """--length 50 draws no lengths: the arrays (and the training data's fingerprint) stay those
+    a version 1 file held."""
+    from spiralctl.data import DataConfig, generate
+
+    data = generate(DataConfig(sequences=20, seed=2))["train"]
+    assert not data.mixed and (data.lengths == 50).all()
+    assert data.fingerprint() == "2089b2f43e3ae168"  # as computed before lengths were stored
+
+
+def test_version_1_files_load_as_full_length(tmp_path):
+    from spiralctl.data import load_dataset
+    from spiralctl.storage import write_safetensors
+
+    x = np.random.default_rng(0).standard_normal((4, 6, 2)).astype(np.float32)
+    y = np.array([0, 1, 0, 1], dtype=np.uint8)
+    write_safetensors(tmp_path / "v1.safetensors", {"x": x, "y": y}, {"format": "spiralctl-dataset/1"})
+    data = load_dataset(tmp_path / "v1.safetensors")
+    np.testing.assert_array_equal(data.lengths, [6, 6, 6, 6])
+
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        (np.array([2, 6, 7, 3], dtype=np.int32), "sequence 2 has length 7; lengths must be 2 to T \\(6\\)"),
+        (np.array([2, 1, 6, 3], dtype=np.int64), "sequence 1 has length 1"),
+        (np.array([2, 6, 6, 3], dtype=np.float32), "lengths must be integers \\[4\\]"),
+        (np.array([2, 6, 6], dtype=np.int32), "lengths must be integers \\[4\\], found int32\\[3\\]"),
+        (None, "a dataset holds tensors lengths and x and y"),
+    ],
+)
+def test_bad_lengths_are_refused(tmp_path, lengths, message):
+    from spiralctl.data import load_dataset
+    from spiralctl.errors import SpiralError
+    from spiralctl.storage import write_safetensors
+
+    tensors = {"x": np.zeros((4, 6, 2), dtype=np.float32), "y": np.zeros(4, dtype=np.uint8)}
+    if lengths is not None:
+        tensors["lengths"] = lengths
+    write_safetensors(tmp_path / "bad.safetensors", tensors, {"format": "spiralctl-dataset/2"})
+    with pytest.raises(SpiralError, match=message):
+        load_dataset(tmp_path / "bad.safetensors")
+
+
+def test_length_buckets():
+    from spiralctl.predictor import accuracy_by_length, length_buckets
+
+    assert length_buckets(np.array([50, 50])) == [(50, 50)]
+    assert length_buckets(np.array([3, 9, 3])) == [(3, 3), (9, 9)]
+    assert length_buckets(np.arange(2, 202)) == [(2, 51), (52, 101), (102, 151), (152, 201)]
+    assert length_buckets(np.array([2, 3, 4, 5, 6])) == [(2, 3), (4, 4), (5, 5), (6, 6)]
+    rows = accuracy_by_length(np.array([1.0, -1.0, 1.0]), np.array([1, 1, 1]), np.array([2, 2, 9]))
+    assert rows == [
+        {"shortest": 2, "longest": 2, "n": 2, "accuracy": 0.5},
+        {"shortest": 9, "longest": 9, "n": 1, "accuracy": 1.0},
+    ]
+
+
+@pytest.mark.parametrize(
+    "length, message",
+    [
+        ("5:3", "error: --length MIN:MAX needs MIN <= MAX (got 5:3)\n"),
+        (
+            "a:3",
+            "error: --length must be a whole number of points (such as 50) or MIN:MAX (such as 20:80), "
+            "got 'a:3'\n",
+        ),
+        ("1:3", "error: --length must be at least 2 points (got 1:3)\n"),
+    ],
+)
+def test_bad_length_ranges_are_one_error_line(run, length, message):
+    result = run("gen-data", "d", "--length", length)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == message
+
+
+def test_mixed_lengths_end_to_end(run):
+    """gen-data MIN:MAX, train, eval (accuracy by length bucket) and plot through the CLI."""
+    import json
+
+    result = run(
+        "gen-data", "d", "--length", "4:15", "--sequences", "120", "--test-fraction", "0.25", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    splits = json.loads(result.stdout)["splits"]
+    assert all(row["length"] <= 15 and row["min_length"] >= 4 for row in splits)
+    result = run(
+        "train",
+        "--data",
+        "d",
+        "--epochs",
+        "2",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "32",
+        "--out",
+        "r",
+        "-q",
+        "--no-plots",
+    )
+    assert result.exit_code == 0, result.stderr
+    result = run("eval", "r/best.safetensors", "d/test.safetensors", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sum(row["n"] for row in report["by_length"]) == report["n"] == 30
+    assert len(report["by_length"]) == 4 and report["by_length"][0]["shortest"] >= 4
+    table = run("eval", "r/best.safetensors", "d/test.safetensors")
+    assert "accuracy by length (points)" in table.stdout and table.stderr == ""
+    result = run("predict", "r/best.safetensors", "d/test.safetensors", "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    from spiralctl.data import load_dataset
+
+    assert [row["points"] for row in rows] == list(load_dataset("d/test.safetensors").lengths)
