@@ -104,7 +104,8 @@ def _internal_error(exc: BaseException, state: State) -> int:
 app = typer.Typer(
     cls=SpiralGroup,
     help="Generate spiral sequence datasets, then train, evaluate and run an LSTM classifier on tinygrad.\n\n"
-    "The commands in the order you meet them: gen-data, train, eval, predict; then plot, export, "
+    "The commands in the order you meet them: gen-data (or import, for your own data), train, eval, predict; "
+    "then plot, export, "
     "info and devices. `spiralctl COMMAND --help` shows each one's options and examples.",
     add_completion=True,
     no_args_is_help=True,
@@ -293,7 +294,7 @@ def import_data(
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Turn your own labelled sequences into a dataset that train, eval and predict read.
+    """Turn your own labelled sequences (CSV, JSON, .npy) into a dataset to train on.
 
     Labels are clockwise/anticlockwise (any case) or 0/1. Every sequence needs at least 2
     points of finite x and y; sequences may have different lengths.
@@ -568,21 +569,28 @@ def predict(
 
     spiralctl predict runs/train-1/best.safetensors points.csv
     """
-    from spiralctl.inputs import check_output, write_predictions_csv
+    from contextlib import ExitStack
+
+    from spiralctl.inputs import check_output, prediction_csv_lines
+    from spiralctl.storage import atomic_output
 
     if output is not None:
         check_output(output, force)
     if input == "-" and sys.stdin.isatty():
         ui.note("reading sequences (CSV or JSON) from the terminal; end with Ctrl-D")
-    rows = commands.predict(checkpoint, input, _inference(device, batch_size, threshold))
-    if output is not None:
-        write_predictions_csv(output, rows)
-    console = _results(ctx)
-    if json_output:
-        for row in rows:
-            ui.print_json(console, row)
-    else:
-        ui.predictions_table(console, rows)
+    blocks = commands.predict_blocks(checkpoint, input, _inference(device, batch_size, threshold))
+    stream = ui.PredictionStream(_results(ctx), json_output, prediction_csv_lines)
+    with ExitStack() as files:
+        # the file is written as the blocks come and renamed into place at the end
+        file = files.enter_context(atomic_output(output, "w")) if output is not None else None
+        for block in blocks:
+            if file is not None:
+                file.write(prediction_csv_lines(block, header=stream.total == 0))
+            stream.add(block)
+            if stream.closed and file is None:
+                break
+        blocks.close()
+    stream.finish()
 
 
 @app.command()

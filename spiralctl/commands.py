@@ -6,11 +6,12 @@ place that resolves devices, loads checkpoints and switches the CPU kernels' thr
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from spiralctl.data import (
 )
 from spiralctl.devices import list_backends, resolve_device
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
-from spiralctl.inputs import read_sequences
+from spiralctl.inputs import read_blocks, read_sequences
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu
@@ -338,11 +339,53 @@ def classify(
     return rows
 
 
-def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
-    """Classify every sequence in `source` (see inputs.read_sequences); one dict per sequence."""
+@dataclass
+class PredictionBlock:
+    """The predictions for a block of an input's sequences, as arrays (no dict per row)."""
+
+    names: list[str]
+    points: np.ndarray  # int [n]
+    probability: np.ndarray  # float32 [n]: P(anticlockwise)
+    label: np.ndarray  # int [n]: 0 clockwise, 1 anticlockwise
+    true_label: np.ndarray | None = None  # when the input is a dataset
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self) -> Iterator[dict]:
+        """One dict per sequence: sequence, points, probability, label (and true_label)."""
+        truth = None if self.true_label is None else self.true_label.tolist()
+        for i, (name, points, p, label) in enumerate(
+            zip(self.names, self.points.tolist(), self.probability.tolist(), self.label.tolist())
+        ):
+            row = {"sequence": name, "points": points, "probability": p, "label": LABELS[label]}
+            if truth is not None:
+                row["true_label"] = LABELS[truth[i]]
+            yield row
+
+
+def predict_blocks(
+    checkpoint_path: Path,
+    source: str,
+    options: InferenceOptions = InferenceOptions(),
+    block: int | None = None,
+) -> Iterator[PredictionBlock]:
+    """Classify the sequences of `source` (see inputs.read_blocks) a block at a time, each block
+    as soon as it is read and classified: memory is bounded by the block, not by the input."""
     options.check()
-    names, sequences, labels = read_sequences(source)
-    return classify(checkpoint_path, names, sequences, labels, options)
+    blocks = read_blocks(source, block)
+    first = next(blocks)  # a bad input is reported before the model is loaded
+    _, model = load_model(checkpoint_path, options.device)
+    with _predictor(model, options) as predictor:
+        for block in itertools.chain([first], blocks):
+            probability = sigmoid(predictor.logits(block.x, block.lengths))
+            label = (probability > options.threshold).astype(np.int64)
+            yield PredictionBlock(block.names, block.lengths, probability, label, block.labels)
+
+
+def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
+    """Classify every sequence in `source`; one dict per sequence (predict_blocks streams)."""
+    return [row for block in predict_blocks(checkpoint_path, source, options) for row in block.rows()]
 
 
 def plot(

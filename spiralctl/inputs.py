@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spiralctl.data import LABELS, load_dataset
+from spiralctl.data import LABELS, load_dataset, padded_sequences
 from spiralctl.errors import SpiralError
-from spiralctl.storage import atomic_output
 
 CSV_HEADER = ["sequence", "x", "y"]
 LABELLED_CSV_HEADER = [*CSV_HEADER, "label"]
@@ -60,10 +62,12 @@ def _number(field: str, decimal_comma: bool) -> float:
     return float(field)
 
 
-def _csv_rows(text: str, where: str, columns: list[str] = CSV_HEADER):
+def _csv_rows(lines: Iterable[str], where: str, columns: list[str] = CSV_HEADER):
     """The CSV's data rows as (line number, fields), after a header in any spreadsheet's dialect:
-    comma, semicolon or tab separated (with the two others, a decimal comma is allowed)."""
-    first = text.split("\n", 1)[0]
+    comma, semicolon or tab separated (with the two others, a decimal comma is allowed). `lines`
+    is read as it comes (a file, stdin), never all at once."""
+    lines = iter(lines)
+    first = next(lines, "")
     for delimiter in (",", ";", "\t"):
         header = next(csv.reader([first], delimiter=delimiter), [])
         while header and not header[-1].strip():
@@ -75,7 +79,7 @@ def _csv_rows(text: str, where: str, columns: list[str] = CSV_HEADER):
             f"{where}: a CSV input needs the header '{','.join(columns)}' on its first line "
             "(separated by commas, semicolons or tabs)"
         )
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
     try:
         next(reader)
         for row in reader:
@@ -87,44 +91,64 @@ def _csv_rows(text: str, where: str, columns: list[str] = CSV_HEADER):
         raise SpiralError(f"{where}: line {reader.line_num}: not valid CSV ({exc})") from None
 
 
-def _from_csv(
-    text: str, where: str, labels: dict[str, int] | None = None
-) -> tuple[list[str], list[np.ndarray]]:
-    """Sequences in order of first appearance. With `labels` (a dict to fill), the CSV has a
-    fourth column, label, which every row of a sequence must agree on."""
-    columns = CSV_HEADER if labels is None else LABELLED_CSV_HEADER
-    order: list[str] = []
-    points: dict[str, list[list[float]]] = {}
-    for line, row, decimal_comma in _csv_rows(text, where, columns):
+def _csv_point(row: list[str], line: int, where: str, decimal_comma: bool) -> list[float]:
+    point = []
+    for axis, field in zip("xy", row[1:3]):
+        try:
+            value = _number(field, decimal_comma)
+        except ValueError:
+            hint = "; for decimal commas separate the fields with ;" if "," in field else ""
+            raise SpiralError(
+                f"{where}: line {line}: {axis} must be a number, found {field!r}{hint}"
+            ) from None
+        if (why := _value_problem(value)) is not None:
+            raise SpiralError(f"{where}: line {line}: {axis} = {field.strip()} {why}")
+        point.append(value)
+    return point
+
+
+def _csv_sequences(
+    lines: Iterable[str], where: str, labelled: bool = False
+) -> Iterator[tuple[str, np.ndarray, int | None]]:
+    """(name, points, label) of each sequence as soon as its last row is read. A sequence's rows
+    come together, in time order. With `labelled`, the CSV has a fourth column, label, which
+    every row of a sequence must agree on."""
+    columns = LABELLED_CSV_HEADER if labelled else CSV_HEADER
+    seen: set[str] = set()
+    name, points, label = None, [], None
+    for line, row, decimal_comma in _csv_rows(lines, where, columns):
         if len(row) != len(columns):
             raise SpiralError(f"{where}: line {line} has {len(row)} fields, expected {','.join(columns)}")
-        name = row[0].strip()
-        if labels is not None:
-            label = parse_label(row[3], f"{where}: line {line}")
-            if labels.setdefault(name, label) != label:
+        row_name = row[0].strip()
+        row_label = parse_label(row[3], f"{where}: line {line}") if labelled else None
+        if row_name != name:
+            if name is not None:
+                yield name, _check_sequence(np.array(points, dtype=np.float64), where, name), label
+            if row_name in seen:
                 raise SpiralError(
-                    f"{where}: line {line}: sequence {name} is labelled {LABELS[labels[name]]} on its "
-                    f"earlier lines and {LABELS[label]} here; give each sequence one label"
+                    f"{where}: line {line}: sequence {row_name} continues after other sequences' rows; "
+                    "keep each sequence's rows together, in time order"
                 )
-        point = []
-        for axis, field in zip("xy", row[1:3]):
-            try:
-                value = _number(field, decimal_comma)
-            except ValueError:
-                hint = "; for decimal commas separate the fields with ;" if "," in field else ""
-                raise SpiralError(
-                    f"{where}: line {line}: {axis} must be a number, found {field!r}{hint}"
-                ) from None
-            if (why := _value_problem(value)) is not None:
-                raise SpiralError(f"{where}: line {line}: {axis} = {field.strip()} {why}")
-            point.append(value)
-        if name not in points:
-            order.append(name)
-            points[name] = []
-        points[name].append(point)
-    if not order:
+            seen.add(row_name)
+            name, points, label = row_name, [], row_label
+        elif row_label != label:
+            raise SpiralError(
+                f"{where}: line {line}: sequence {name} is labelled {LABELS[label]} on its "
+                f"earlier lines and {LABELS[row_label]} here; give each sequence one label"
+            )
+        points.append(_csv_point(row, line, where, decimal_comma))
+    if name is None:
         raise SpiralError(f"{where}: the CSV holds no points")
-    return order, [_check_sequence(np.array(points[n], dtype=np.float64), where, n) for n in order]
+    yield name, _check_sequence(np.array(points, dtype=np.float64), where, name), label
+
+
+def _from_csv(text: str, where: str, labelled: bool = False) -> tuple[list[str], list[np.ndarray], list]:
+    names, sequences, labels = [], [], []
+    for name, points, label in _csv_sequences(io.StringIO(text), where, labelled):
+        names.append(name)
+        sequences.append(points)
+        labels.append(label)
+    return names, sequences, labels
 
 
 def _json_points(sequence: object, where: str, index: int) -> np.ndarray:
@@ -166,8 +190,13 @@ def _from_json(text: str, where: str) -> tuple[list[str], list[np.ndarray]]:
     return [str(i) for i in range(len(sequences))], sequences
 
 
-def _from_npy(path: Path) -> tuple[list[str], list[np.ndarray]]:
-    usage = "save the points with numpy.save as a float array of shape [T, 2] or [N, T, 2]"
+NPY_USAGE = "save the points with numpy.save as a float array of shape [T, 2] or [N, T, 2]"
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """The .npy array as [N, T, 2], memory-mapped (read block by block), after every check of
+    its header."""
+    usage = NPY_USAGE
     try:
         # memory-mapped: a header that claims more than the file holds is an error, not an allocation
         array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -195,19 +224,101 @@ def _from_npy(path: Path) -> tuple[list[str], list[np.ndarray]]:
         )
     if len(array) == 0:
         raise SpiralError(f"{path} holds no sequences (shape {list(array.shape)}); {usage}")
-    return [str(i) for i in range(len(array))], [
-        _check_sequence(np.asarray(a), str(path), str(i)) for i, a in enumerate(array)
-    ]
+    return array
 
 
-def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray | None]:
-    """Returns sequence names, the sequences, and labels when the input is a dataset."""
+def _checked_block(points: np.ndarray, where: str, first: int) -> np.ndarray:
+    """Sequences first, first + 1, ... of a .npy array as float32, or the error _check_sequence
+    gives for the first bad one."""
+    if points.shape[1] < 2:
+        raise SpiralError(f"{where}: sequence {first} has {points.shape[1]} point(s); at least 2 are needed")
+    bad = ~np.isfinite(points)
+    if points.dtype.kind == "f" and points.dtype.itemsize > 4:  # wider than float32: a cast may overflow
+        bad |= np.abs(points) > FLOAT32_MAX
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=(1, 2))))
+        _check_sequence(np.asarray(points[row]), where, str(first + row))
+    return points.astype(np.float32)
+
+
+def _npy_blocks(path: Path, block: int) -> Iterator[SequenceBlock]:
+    array = _open_npy(path)
+    count, steps = array.shape[:2]
+    for first in range(0, count, block):
+        points = _checked_block(np.asarray(array[first : first + block]), str(path), first)
+        lengths = np.full(len(points), steps, dtype=np.int64)
+        yield SequenceBlock([str(i) for i in range(first, first + len(points))], points, lengths)
+
+
+def _from_npy(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    blocks = list(_npy_blocks(path, 1 << 14))
+    return [n for b in blocks for n in b.names], [s for b in blocks for s in b.sequences()]
+
+
+@dataclass
+class SequenceBlock:
+    """Some of an input's sequences: names, x float32[n, T, 2] (zero past each sequence's
+    length), lengths [n], and the true labels when the input is a dataset."""
+
+    names: list[str]
+    x: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray | None = None
+
+    def sequences(self) -> list[np.ndarray]:
+        return [x[:length] for x, length in zip(self.x, self.lengths)]
+
+
+def _grouped(sequences: Iterable[tuple[str, np.ndarray]], block: int) -> Iterator[SequenceBlock]:
+    names: list[str] = []
+    points: list[np.ndarray] = []
+    for name, sequence in sequences:
+        names.append(name)
+        points.append(sequence)
+        if len(names) == block:
+            yield SequenceBlock(names, *padded_sequences(points))
+            names, points = [], []
+    if names:
+        yield SequenceBlock(names, *padded_sequences(points))
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """A UTF-8 text file's lines as they are read (a byte-order mark from a spreadsheet skipped)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            yield from handle
+    except UnicodeDecodeError:
+        raise SpiralError(f"{path} is not UTF-8 text; save it as CSV UTF-8 (or JSON) and try again") from None
+    except OSError as exc:
+        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
+
+
+def _stdin_blocks(block: int) -> Iterator[SequenceBlock]:
+    """CSV on stdin, read as it comes; or JSON, read whole."""
+    start: list[str] = []
+    for line in sys.stdin:
+        start.append(line.removeprefix("\ufeff") if not start else line)
+        if start[-1].strip():
+            break
+    if "".join(start).lstrip().startswith(("[", "{")):
+        names, sequences = _from_json("".join(start) + sys.stdin.read(), "stdin")
+        yield from _grouped(zip(names, sequences), block)
+        return
+    rows = _csv_sequences(itertools.chain(start, sys.stdin), "stdin")
+    yield from _grouped(((name, points) for name, points, _ in rows), block)
+
+
+# sequences read and classified at a time: the memory predict needs is bounded by this, not by the input
+BLOCK = 1 << 14
+
+
+def read_blocks(source: str, block: int | None = None) -> Iterator[SequenceBlock]:
+    """The sequences of `source` (a dataset, .npy, CSV, JSON, or - for CSV/JSON on stdin) in
+    blocks of up to `block` (BLOCK), as they are read: CSV line by line, .npy block by block."""
+    block = block or BLOCK
     if source == "-":
-        text = sys.stdin.read().removeprefix("\ufeff")
-        stripped = text.lstrip()
-        if stripped.startswith(("[", "{")):
-            return (*_from_json(text, "stdin"), None)
-        return (*_from_csv(text, "stdin"), None)
+        yield from _stdin_blocks(block)
+        return
     path = Path(source)
     if not path.exists():
         raise SpiralError(f"{path}: no such file; give a dataset, .npy, .csv or .json file, or - for stdin")
@@ -216,22 +327,31 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         data = load_dataset(path)
-        return [str(i) for i in range(len(data))], [x[:n] for x, n in zip(data.x, data.lengths)], data.y
+        for first in range(0, len(data), block):
+            rows = slice(first, first + block)
+            names = [str(i) for i in range(first, min(first + block, len(data)))]
+            yield SequenceBlock(names, data.x[rows], data.lengths[rows], data.y[rows])
+        return
     if suffix == ".npy":
-        return (*_from_npy(path), None)
+        yield from _npy_blocks(path, block)
+        return
     if suffix not in (".csv", ".json"):
         raise SpiralError(
             f"{path}: unknown input type {suffix or '(none)'!r}; use .safetensors, .npy, .csv or .json"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (from a spreadsheet) is skipped
-    except UnicodeDecodeError:
-        raise SpiralError(f"{path} is not UTF-8 text; save it as CSV UTF-8 (or JSON) and try again") from None
-    except OSError as exc:
-        raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
     if suffix == ".csv":
-        return (*_from_csv(text, str(path)), None)
-    return (*_from_json(text, str(path)), None)
+        rows = _csv_sequences(_text_lines(path), str(path))
+        yield from _grouped(((name, points) for name, points, _ in rows), block)
+        return
+    names, sequences = _from_json("".join(_text_lines(path)), str(path))
+    yield from _grouped(zip(names, sequences), block)
+
+
+def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], np.ndarray | None]:
+    """Returns sequence names, the sequences, and labels when the input is a dataset."""
+    blocks = list(read_blocks(source))
+    labels = None if blocks[0].labels is None else np.concatenate([b.labels for b in blocks])
+    return [n for b in blocks for n in b.names], [s for b in blocks for s in b.sequences()], labels
 
 
 LABEL_HINT = "clockwise, anticlockwise, 0 (clockwise) or 1 (anticlockwise)"
@@ -317,9 +437,8 @@ def read_labelled(
     if suffix == ".json":
         names, sequences, labels = _labelled_json(text, str(path))
         return names, sequences, np.array(labels, dtype=np.uint8)
-    by_name: dict[str, int] = {}
-    names, sequences = _from_csv(text, str(path), by_name)
-    return names, sequences, np.array([by_name[n] for n in names], dtype=np.uint8)
+    names, sequences, labels = _from_csv(text, str(path), labelled=True)
+    return names, sequences, np.array(labels, dtype=np.uint8)
 
 
 def check_output(path: Path, force: bool) -> None:
@@ -331,15 +450,20 @@ def check_output(path: Path, force: bool) -> None:
         raise SpiralError(f"{path} exists; pass {{force}} to replace it", option="output")
 
 
-def write_predictions_csv(path: Path, rows: list[dict]) -> None:
-    """The predictions as CSV: sequence, points, probability, label (and true_label when known)."""
-    columns = ["sequence", "points", "probability", "label"]
-    if rows and "true_label" in rows[0]:
-        columns.append("true_label")
+PREDICTION_COLUMNS = ["sequence", "points", "probability", "label"]
+
+
+def prediction_csv_lines(block, header: bool = False) -> str:
+    """A predict block as CSV: sequence, points, probability, label (and true_label when known),
+    with the header line first when `header`."""
+    truth = block.true_label is not None
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row[k] for k in columns})
-    with atomic_output(Path(path), "w") as handle:
-        handle.write(buffer.getvalue())
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(PREDICTION_COLUMNS + (["true_label"] if truth else []))
+    labels = [LABELS[label] for label in block.label.tolist()]
+    columns = [block.names, block.points.tolist(), block.probability.tolist(), labels]
+    if truth:
+        columns.append([LABELS[label] for label in block.true_label.tolist()])
+    writer.writerows(zip(*columns))
+    return buffer.getvalue()

@@ -43,13 +43,13 @@ def test_help_lists_commands_in_journey_order(run):
     result = run("--help")
     assert result.exit_code == 0
     commands = result.output[result.output.index("Commands") :]
-    journey = ("gen-data", "train", "eval", "predict", "plot", "export", "info", "devices")
+    journey = ("gen-data", "import", "train", "eval", "predict", "plot", "export", "info", "devices")
     positions = [commands.index(f" {name} ") for name in journey]
     assert positions == sorted(positions)
 
 
 @pytest.mark.parametrize(
-    "command", ["gen-data", "train", "eval", "predict", "plot", "export", "info", "devices"]
+    "command", ["gen-data", "import", "train", "eval", "predict", "plot", "export", "info", "devices"]
 )
 def test_every_command_help_has_a_summary_and_an_example(run, command):
     result = run(command, "--help")
@@ -62,6 +62,7 @@ def test_every_command_help_has_a_summary_and_an_example(run, command):
     [
         ("train", ("Data", "Device", "Model", "Optimization", "Run folder", "Output")),
         ("gen-data", ("Data", "Splits", "Output")),
+        ("import", ("Data", "Splits", "Output")),
         ("eval", ("Device", "Inference", "Output")),
         ("predict", ("Device", "Inference", "Output")),
         ("plot", ("Data", "Device", "Inference", "Output")),
