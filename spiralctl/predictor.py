@@ -31,8 +31,10 @@ class Predictor:
     length; a batch whose longest sequence has L points takes ceil(L / chunk) calls. Each
     (batch size, chunk) compiles once; later calls reuse the jitted kernels, so predicting one
     sequence in a warm process takes milliseconds. `chunk`, when not given, is CHUNK or the
-    longest sequence of the call, whichever is shorter; validation during training gives the
-    training length, so that it runs the kernel the training step compiled.
+    longest sequence of the first call, whichever is shorter; validation during training gives
+    the training length, so that it runs the kernel the training step compiled. A later call
+    reuses a program already built when its batch is large enough (a stream of blocks, the last
+    one short, compiles once).
     """
 
     def __init__(self, model: SpiralClassifier, batch_size: int = 128, chunk: int | None = None) -> None:
@@ -64,8 +66,11 @@ class Predictor:
         return self._jits[layout], *self._inputs[layout]
 
     def _layout(self, n: int, longest: int) -> PackedBatch:
-        chunk = self.chunk or min(CHUNK, longest)
-        return PackedBatch(min(self.batch_size, n), chunk, self.model.config.input_size)
+        batch = min(self.batch_size, n)
+        for layout in self._jits:  # padding a few rows costs less than compiling another program
+            if layout.batch >= batch and (self.chunk is None or layout.length == self.chunk):
+                return layout
+        return PackedBatch(batch, self.chunk or min(CHUNK, longest), self.model.config.input_size)
 
     def _batch_logits(self, layout: PackedBatch, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """x: [n <= B, L, D] (zero past each sequence's length), lengths: [n] -> logits [n]."""

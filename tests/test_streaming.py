@@ -122,3 +122,18 @@ def test_installed_predict_streams_csv_into_a_pipe(trained_run, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "sequence,points,probability,label" and lines[2].startswith("1,5,")
     assert result.stderr == ""
+
+
+def test_a_stream_of_blocks_compiles_one_forward_program(monkeypatch, trained_run):
+    """Blocks with other longest lengths and a short last block reuse the first block's program."""
+    from test_lengths import _count_compiled
+    from tinygrad.helpers import Context
+
+    _csv("many.csv", 23, length=lambda i: 2 + (7 * i) % 19)
+    names = _count_compiled(monkeypatch)
+    with Context(PARALLEL=0):
+        options = commands.InferenceOptions(batch_size=4, device="cpu")
+        blocks = list(commands.predict_blocks(trained_run / "best.safetensors", "many.csv", options, block=6))
+    assert [len(b) for b in blocks] == [6, 6, 6, 5]
+    assert len({int(b.points.max()) for b in blocks}) > 1
+    assert sum(name.startswith("lstm_forward") for name in names) == 1, names
