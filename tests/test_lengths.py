@@ -294,3 +294,22 @@ def test_predicting_many_lengths_compiles_one_forward_program(monkeypatch):
     assert len(set(lengths)) > 20
     assert sum(name.startswith("lstm_forward") for name in names) == 1, names
     np.testing.assert_allclose(got, _reference_logits(x, lengths, weights), atol=1e-5)
+
+
+def test_points_past_a_sequence_end_change_nothing():
+    """Training steps and predictions read nothing past each sequence's length: junk there gives
+    the same bits as zeros."""
+    x, lengths = _ragged(16, 10, seed=9)
+    junk = x.copy()
+    junk[np.arange(10)[None, :] >= lengths[:, None]] = 7.5
+    y = (np.arange(16) % 2).astype(np.uint8)
+    results = []
+    for data in (x, junk):
+        model = SpiralClassifier(ModelConfig(hidden=4), _weights(4, seed=3), "CPU")
+        trainer = Trainer(model, TrainConfig(hidden=4, batch_size=16))
+        steps = [trainer.step(data, y, np.ones(16, np.float32), lengths) for _ in range(3)]
+        results.append((steps, model.state_dict(), Predictor(model, 16, chunk=4).logits(data, lengths)))
+    assert results[0][0] == results[1][0]
+    for name, value in results[0][1].items():
+        np.testing.assert_array_equal(value, results[1][1][name], err_msg=name)
+    np.testing.assert_array_equal(results[0][2], results[1][2])
