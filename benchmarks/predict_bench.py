@@ -4,8 +4,8 @@ Usage: python benchmarks/predict_bench.py [--sequences 1000000] [--length 50] [-
                                           [--repeat 3]
 
 Each measurement is one fresh `python -m spiralctl predict` process (the kernel cache warm, as
-after a first run): its wall time and its peak resident memory (ru_maxrss of that child). Every
-figure is the median of `--repeat` runs.
+after a first run): its wall time and its peak resident memory (ru_maxrss of that process,
+started from a small launcher process). Every figure is the median of `--repeat` runs.
 
 1. `--sequences` sequences of `--length` points in a .npy file, in every output form: JSON
    lines (`--json`), CSV lines on a pipe, `-o FILE.csv`, and the table in a terminal (a
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import pty
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,8 +36,24 @@ import numpy as np
 SPIRALCTL = [sys.executable, "-m", "spiralctl"]
 
 
+# Runs the command and writes its exit status and peak memory into the file named first. A
+# small launcher process of its own: a child's ru_maxrss on Linux starts from the memory of the
+# process that forked it (this script holds the big arrays it generated), not from zero.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def measure(cmd: list[str], terminal: bool = False) -> tuple[float, float]:
     """Wall seconds and peak memory (MB) of one run of `cmd`, stdout to /dev/null or a terminal."""
+    report = Path(tempfile.mkstemp(suffix=".txt")[1])
+    cmd = [sys.executable, "-c", LAUNCHER, str(report), *cmd]
     started = time.perf_counter()
     if terminal:
         leader, follower = pty.openpty()
@@ -54,13 +71,15 @@ def measure(cmd: list[str], terminal: bool = False) -> tuple[float, float]:
         reader.start()
     else:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - started
     if terminal:
         os.close(leader)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    code, peak_kb = (int(v) for v in report.read_text().split())
+    report.unlink()
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[3:])} failed:\n{stderr.decode()[-2000:]}")
+    return wall, peak_kb / 1024
 
 
 def median_of(repeat: int, cmd: list[str], terminal: bool = False) -> tuple[float, float]:
@@ -141,6 +160,7 @@ def main() -> None:
     print("|---|---|---|")
     for name, wall in times.items():
         print(f"| {name} | {wall:.2f} | {times['200 lengths (2..201)'] / wall:.2f}x |")
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":
