@@ -108,9 +108,9 @@ def _internal_error(exc: BaseException, state: State) -> int:
 app = typer.Typer(
     cls=SpiralGroup,
     help="Generate spiral sequence datasets, then train, evaluate and run an LSTM classifier on tinygrad.\n\n"
-    "The commands in the order you meet them: gen-data, train (tune searches its settings), eval, "
-    "predict; then plot, export, info and devices. `spiralctl COMMAND --help` shows each one's options "
-    "and examples.",
+    "The commands in the order you meet them: gen-data (or import, for your own data), train (tune "
+    "searches its settings), eval, predict; then plot, export, info and devices. "
+    "`spiralctl COMMAND --help` shows each one's options and examples.",
     add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -218,7 +218,14 @@ def gen_data(
     sequences: Annotated[
         int, typer.Option(help="Sequences in all splits together (even).", rich_help_panel=DATA)
     ] = 1000,
-    length: Annotated[int, typer.Option(help="Points per sequence.", rich_help_panel=DATA)] = 50,
+    length: Annotated[
+        str,
+        typer.Option(
+            metavar="N|MIN:MAX",
+            help="Points per sequence, or MIN:MAX to draw each sequence's length uniformly from MIN to MAX.",
+            rich_help_panel=DATA,
+        ),
+    ] = "50",
     noise: Annotated[
         float, typer.Option(help="Standard deviation of the Gaussian noise.", rich_help_panel=DATA)
     ] = 0.1,
@@ -249,11 +256,13 @@ def gen_data(
 
     spiralctl gen-data data/ --test-fraction 0.2
     """
-    from spiralctl.data import DataConfig
+    from spiralctl.data import DataConfig, parse_length
 
+    shortest, longest = parse_length(length)
     config = DataConfig(
         sequences=sequences,
-        length=length,
+        length=longest,
+        min_length=shortest if shortest != longest else None,
         noise=noise,
         style=style.value,
         val_fraction=val_fraction,
@@ -261,6 +270,57 @@ def gen_data(
         seed=seed,
     )
     _show(ctx, commands.gen_data(config, out_dir, force=force), json_output, ui.datasets_table)
+
+
+@app.command("import")
+def import_data(
+    ctx: typer.Context,
+    input: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="Labelled sequences: a CSV with header sequence,x,y,label; a JSON list of "
+            '{"points": [[x, y], ...], "label": ...} objects; or a .npy array [N, T, 2] with --labels.',
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
+    ],
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="For a .npy INPUT: a .npy array [N] of labels (0/1 or class names).", rich_help_panel=DATA
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of each class for validation.", rich_help_panel=SPLITS)
+    ] = 0.2,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of each class for a test split (0: none).", rich_help_panel=SPLITS)
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed of the split.", rich_help_panel=SPLITS)] = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Turn your own labelled sequences (CSV, JSON, .npy) into a dataset to train on.
+
+    Labels are clockwise/anticlockwise (any case) or 0/1. Every sequence needs at least 2
+    points of finite x and y; sequences may have different lengths.
+
+    **Example**
+
+    spiralctl import strokes.csv data/ --test-fraction 0.2
+    """
+    result = commands.import_dataset(
+        input,
+        out_dir,
+        labels=labels,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        force=force,
+    )
+    _show(ctx, result, json_output, ui.datasets_table)
 
 
 class Schedule(str, Enum):
@@ -720,22 +780,28 @@ def predict(
 
     spiralctl predict runs/train-1/best.safetensors points.csv
     """
-    from spiralctl.inputs import write_predictions_csv
-    from spiralctl.storage import check_output
+    from contextlib import ExitStack
+
+    from spiralctl.inputs import prediction_csv_lines
+    from spiralctl.storage import atomic_output, check_output
 
     if output is not None:
         check_output(output, force)
     if input == "-" and sys.stdin.isatty():
         ui.note("reading sequences (CSV or JSON) from the terminal; end with Ctrl-D")
-    rows = commands.predict(checkpoint, input, _inference(device, batch_size, threshold))
-    if output is not None:
-        write_predictions_csv(output, rows)
-    console = _results(ctx)
-    if json_output:
-        for row in rows:
-            ui.print_json(console, row)
-    else:
-        ui.predictions_table(console, rows)
+    blocks = commands.predict_blocks(checkpoint, input, _inference(device, batch_size, threshold))
+    stream = ui.PredictionStream(_results(ctx), json_output, prediction_csv_lines)
+    with ExitStack() as files:
+        # the file is written as the blocks come and renamed into place at the end
+        file = files.enter_context(atomic_output(output, "w")) if output is not None else None
+        for block in blocks:
+            if file is not None:
+                file.write(prediction_csv_lines(block, header=stream.total == 0))
+            stream.add(block)
+            if stream.closed and file is None:
+                break
+        blocks.close()
+    stream.finish()
 
 
 @app.command()

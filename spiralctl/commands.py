@@ -6,11 +6,12 @@ place that resolves devices, loads checkpoints and switches the CPU kernels' thr
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from spiralctl.config import InferenceOptions, TrainConfig, run_options
 from spiralctl.data import (
-    DATASET_FORMAT,
+    DATASET_FORMATS,
     LABELS,
     DataConfig,
     Dataset,
@@ -29,13 +30,13 @@ from spiralctl.data import (
 )
 from spiralctl.devices import list_backends, resolve_device
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError, WriteFailed
-from spiralctl.inputs import read_sequences
+from spiralctl.inputs import read_blocks, read_sequences
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers
 from spiralctl.model import SpiralClassifier
-from spiralctl.predictor import Predictor, classification_report, sigmoid
+from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
 from spiralctl.runs import (
     check_not_in_use,
     metrics_hold,
@@ -62,18 +63,43 @@ def gen_data(config: DataConfig, out_dir: Path | str, force: bool = False) -> di
     out_dir = Path(out_dir)
     datasets = generate(config)
     paths = save_datasets(out_dir, datasets, force=force)
-    rows = [
+    return {"out_dir": str(out_dir), "generator": asdict(config), "splits": _split_rows(datasets, paths)}
+
+
+def import_dataset(
+    source: str,
+    out_dir: Path,
+    *,
+    labels: Path | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    force: bool = False,
+) -> dict:
+    """Labelled sequences from a CSV, JSON or .npy file (see inputs.read_labelled) as a dataset
+    in `out_dir` with stratified, seeded train/val(/test) splits; returns what was written."""
+    from spiralctl.data import imported_datasets, save_datasets
+    from spiralctl.inputs import read_labelled
+
+    _, sequences, y = read_labelled(source, labels)
+    datasets = imported_datasets(sequences, y, source, val_fraction, test_fraction, seed)
+    paths = save_datasets(out_dir, datasets, force=force)
+    return {"out_dir": str(out_dir), "source": str(source), "splits": _split_rows(datasets, paths)}
+
+
+def _split_rows(datasets: dict[str, Dataset], paths: list[Path]) -> list[dict]:
+    return [
         {
             "split": split,
             "sequences": len(d),
             "clockwise": int((d.y == 0).sum()),
             "anticlockwise": int((d.y == 1).sum()),
             "length": d.length,
+            "min_length": int(d.lengths.min()),
             "file": str(path),
         }
         for (split, d), path in zip(datasets.items(), paths)
     ]
-    return {"out_dir": str(out_dir), "generator": asdict(config), "splits": rows}
 
 
 def load_model(checkpoint_path: Path, device: str) -> SpiralClassifier:
@@ -129,8 +155,6 @@ def _training_data(data_dir: Path | None, seed: int) -> tuple[Dataset, Dataset, 
         return splits["train"], splits["val"], f"generated: {generated}", []
     data = load_training_data(data_dir)
     train, val, warnings = data.train, data.val, data.warnings
-    if train.length != val.length:
-        raise SpiralError(f"{data_dir}: train and val sequences differ in length", option="data")
     return train, val, str(data_dir), warnings
 
 
@@ -342,8 +366,9 @@ def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions =
     model = load_model(checkpoint_path, options.device)
     data = load_dataset(data_path)
     with _predictor(model, options) as predictor:
-        logits = predictor.logits(data.x)
+        logits = predictor.logits(data.x, data.lengths)
     report = classification_report(logits, data.y, options.threshold)
+    report["by_length"] = accuracy_by_length(logits, data.y, data.lengths, options.threshold)
     return {**report, "checkpoint": str(checkpoint_path), "data": str(data_path), "device": model.device}
 
 
@@ -384,11 +409,53 @@ def classify(
     return rows
 
 
-def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
-    """Classify every sequence in `source` (see inputs.read_sequences); one dict per sequence."""
+@dataclass
+class PredictionBlock:
+    """The predictions for a block of an input's sequences, as arrays (no dict per row)."""
+
+    names: list[str]
+    points: np.ndarray  # int [n]
+    probability: np.ndarray  # float32 [n]: P(anticlockwise)
+    label: np.ndarray  # int [n]: 0 clockwise, 1 anticlockwise
+    true_label: np.ndarray | None = None  # when the input is a dataset
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self) -> Iterator[dict]:
+        """One dict per sequence: sequence, points, probability, label (and true_label)."""
+        truth = None if self.true_label is None else self.true_label.tolist()
+        for i, (name, points, p, label) in enumerate(
+            zip(self.names, self.points.tolist(), self.probability.tolist(), self.label.tolist())
+        ):
+            row = {"sequence": name, "points": points, "probability": p, "label": LABELS[label]}
+            if truth is not None:
+                row["true_label"] = LABELS[truth[i]]
+            yield row
+
+
+def predict_blocks(
+    checkpoint_path: Path,
+    source: str,
+    options: InferenceOptions = InferenceOptions(),
+    block: int | None = None,
+) -> Iterator[PredictionBlock]:
+    """Classify the sequences of `source` (see inputs.read_blocks) a block at a time, each block
+    as soon as it is read and classified: memory is bounded by the block, not by the input."""
     options.check()
-    names, sequences, labels = read_sequences(source)
-    return classify(checkpoint_path, names, sequences, labels, options)
+    blocks = read_blocks(source, block)
+    first = next(blocks)  # a bad input is reported before the model is loaded
+    model = load_model(checkpoint_path, options.device)
+    with _predictor(model, options) as predictor:
+        for block in itertools.chain([first], blocks):
+            probability = sigmoid(predictor.logits(block.x, block.lengths))
+            label = (probability > options.threshold).astype(np.int64)
+            yield PredictionBlock(block.names, block.lengths, probability, label, block.labels)
+
+
+def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
+    """Classify every sequence in `source`; one dict per sequence (predict_blocks streams)."""
+    return [row for block in predict_blocks(checkpoint_path, source, options) for row in block.rows()]
 
 
 def plot(
@@ -470,13 +537,14 @@ def info(path: Path) -> dict:
             k: _parsed(v) for k, v in metadata.items() if k not in (CHECKSUM_KEY, LEGACY_CHECKSUM_KEY)
         },
     }
-    if fmt == DATASET_FORMAT:
+    if fmt in DATASET_FORMATS:
         data = load_dataset(path)
         counts = np.bincount(data.y, minlength=2)
         report.update(
             kind="dataset",
             sequences=len(data),
             length=data.length,
+            min_length=int(data.lengths.min()),
             classes={name: int(counts[i]) for i, name in enumerate(LABELS)},
         )
     elif fmt == CHECKPOINT_FORMAT:

@@ -16,7 +16,9 @@ from spiralctl import __version__
 from spiralctl.errors import SpiralError
 from spiralctl.storage import atomic_output, read_spiralctl_file, write_safetensors_to
 
-DATASET_FORMAT = "spiralctl-dataset/1"
+DATASET_FORMAT = "spiralctl-dataset/2"  # x zero-padded past each sequence's length, and the lengths
+# the formats load_dataset reads: version 1 has no lengths (every sequence is T points long)
+DATASET_FORMATS = ("spiralctl-dataset/1", DATASET_FORMAT)
 LABELS = ("clockwise", "anticlockwise")
 STYLES = ("direction", "lux")
 SPLITS = ("train", "val", "test")
@@ -26,6 +28,7 @@ LUX_A, LUX_THETA, LUX_B = 6.5, 16.0, 104.0
 # Generating takes about this many bytes per point at its peak (float64 angles, coordinates and
 # noise before the float32 result; measured with tracemalloc), and this many per sequence.
 BYTES_PER_POINT, BYTES_PER_SEQUENCE = 40, 256
+LENGTH_DTYPE = np.int32
 GIB = 1024**3
 
 
@@ -33,6 +36,22 @@ def check_seed(seed: object) -> None:
     """numpy's generators take any whole number from 0 up (of any size), and nothing else."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise SpiralError(f"must be a whole number from 0 up, such as 0 or 42 (got {seed!r})", option="seed")
+
+
+def parse_length(text: str) -> tuple[int, int]:
+    """--length as (shortest, longest): "50" is every sequence 50 points, "20:80" draws each
+    sequence's length uniformly from 20 to 80."""
+    parts = str(text).strip().split(":")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        values = [int(part) for part in parts]
+    except ValueError:
+        raise SpiralError(
+            f"must be a whole number of points (such as 50) or MIN:MAX (such as 20:80), got {text!r}",
+            option="length",
+        ) from None
+    return values[0], values[-1]
 
 
 def available_memory() -> int | None:
@@ -64,6 +83,7 @@ class DataConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     seed: int = 0
+    min_length: int | None = None  # with it, each sequence's length is drawn from min_length..length
 
     def check(self) -> None:
         if self.sequences < 2 or self.sequences % 2:
@@ -72,8 +92,13 @@ class DataConfig:
                 f"are balanced (got {self.sequences})",
                 option="sequences",
             )
-        if self.length < 2:
-            raise SpiralError(f"must be at least 2 points (got {self.length})", option="length")
+        if self.length < 2 or (self.min_length is not None and self.min_length < 2):
+            got = self.length if self.min_length is None else f"{self.min_length}:{self.length}"
+            raise SpiralError(f"must be at least 2 points (got {got})", option="length")
+        if self.min_length is not None and self.min_length > self.length:
+            raise SpiralError(
+                f"MIN:MAX needs MIN <= MAX (got {self.min_length}:{self.length})", option="length"
+            )
         if not np.isfinite(self.noise) or not 0 <= self.noise <= MAX_NOISE:
             raise SpiralError(
                 f"must be a number from 0 to {MAX_NOISE:g} (got {self.noise}); spirals have a radius of "
@@ -118,22 +143,36 @@ class DataConfig:
 
 @dataclass
 class Dataset:
-    """Sequences `x: float32[N, T, 2]` and labels `y: uint8[N]` (0 clockwise, 1 anticlockwise)."""
+    """Sequences `x: float32[N, T, 2]` (zero past each sequence's length), labels `y: uint8[N]`
+    (0 clockwise, 1 anticlockwise) and lengths `lengths: int64[N]` (2..T; default all T)."""
 
     x: np.ndarray
     y: np.ndarray
     metadata: dict[str, str]
+    lengths: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = np.full(len(self.x), self.x.shape[1], dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.y)
 
     @property
     def length(self) -> int:
+        """T: the longest sequence's points (every sequence's, when all have one length)."""
         return int(self.x.shape[1])
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the sequences have different lengths."""
+        return bool(len(self.lengths)) and int(self.lengths.min()) != int(self.lengths.max())
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.x.tobytes())
         digest.update(self.y.tobytes())
+        if self.mixed:  # as before for one length: a run on a version 1 file resumes on its copy
+            digest.update(self.lengths.astype(np.int64).tobytes())
         return digest.hexdigest()[:16]
 
 
@@ -143,7 +182,7 @@ def spiral_points(angle: np.ndarray, step: np.ndarray) -> np.ndarray:
     return np.stack([radius * np.sin(angle), radius * np.cos(angle)], axis=-1)
 
 
-def _generate_all(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _generate_all(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, length = config.sequences, config.length
     step = np.arange(length, dtype=np.float64)[None, :]
     labels = np.repeat(np.array([0, 1], dtype=np.uint8), n // 2)
@@ -158,8 +197,12 @@ def _generate_all(config: DataConfig, rng: np.random.Generator) -> tuple[np.ndar
         # which is the first one negated (rotated by 180 degrees): both turn the same way.
         points = spiral_points(step * np.pi / LUX_THETA, step).repeat(n, axis=0)
         points[labels == 1] *= -1
-    points = points + rng.normal(0.0, config.noise, size=points.shape)
-    return points.astype(np.float32), labels
+    points = (points + rng.normal(0.0, config.noise, size=points.shape)).astype(np.float32)
+    lengths = np.full(n, length, dtype=np.int64)
+    if config.min_length is not None and config.min_length < length:
+        lengths = rng.integers(config.min_length, length + 1, size=n)
+        points[np.arange(length)[None, :] >= lengths[:, None]] = 0.0  # zero past each sequence's end
+    return points, labels, lengths
 
 
 def generate(config: DataConfig) -> dict[str, Dataset]:
@@ -180,22 +223,91 @@ def generate(config: DataConfig) -> dict[str, Dataset]:
         ) from None
 
 
-def _split(config: DataConfig, rng: np.random.Generator) -> dict[str, Dataset]:
-    x, y = _generate_all(config, rng)
-    counts = config.split_counts()
-    # Stratified split: each class is shuffled and cut the same way, then each split is shuffled.
+def split_indices(
+    y: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Stratified split: each class is shuffled and cut the same way (round(n * fraction) of
+    each class for val and for test, the rest for train), then each split is shuffled. No test
+    split when test_fraction is 0."""
     per_class = [rng.permutation(np.flatnonzero(y == label)) for label in (0, 1)]
-    datasets: dict[str, Dataset] = {}
-    start = 0
+    sizes = {}
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        sizes[split] = [round(len(ids) * fraction) for ids in per_class]
+    sizes["train"] = [len(ids) - v - t for ids, v, t in zip(per_class, sizes["val"], sizes["test"])]
+    splits: dict[str, np.ndarray] = {}
+    starts = [0, 0]
     for split in SPLITS:
-        half = counts[split] // 2
-        if split == "test" and half == 0:
+        if split == "test" and test_fraction == 0:
             continue
-        index = np.concatenate([ids[start : start + half] for ids in per_class])
-        index = index[rng.permutation(len(index))]
-        start += half
-        datasets[split] = Dataset(x[index], y[index], dataset_metadata(config, split))
-    return datasets
+        parts = [ids[start : start + n] for ids, start, n in zip(per_class, starts, sizes[split])]
+        starts = [start + n for start, n in zip(starts, sizes[split])]
+        index = np.concatenate(parts)
+        splits[split] = index[rng.permutation(len(index))]
+    return splits
+
+
+def _split(config: DataConfig, rng: np.random.Generator) -> dict[str, Dataset]:
+    x, y, lengths = _generate_all(config, rng)
+    return {
+        split: Dataset(x[index], y[index], dataset_metadata(config, split), lengths[index])
+        for split, index in split_indices(y, config.val_fraction, config.test_fraction, rng).items()
+    }
+
+
+def padded_sequences(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences of any lengths ([T_i, D] each) as x: float32[N, T_max, D], zero past each
+    sequence's end, and lengths: int64[N]."""
+    lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+    x = np.zeros((len(sequences), int(lengths.max()), sequences[0].shape[1]), dtype=np.float32)
+    for row, seq in enumerate(sequences):
+        x[row, : len(seq)] = seq
+    return x, lengths
+
+
+def imported_datasets(
+    sequences: list[np.ndarray],
+    labels: np.ndarray,
+    source: str,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Dataset]:
+    """A user's labelled sequences as train/val(/test) datasets, split as gen-data splits."""
+    if not 0 < val_fraction < 1:
+        raise SpiralError(f"must be above 0 and below 1 (got {val_fraction})", option="val_fraction")
+    if not 0 <= test_fraction < 1:
+        raise SpiralError(f"must be at least 0 and below 1 (got {test_fraction})", option="test_fraction")
+    if val_fraction + test_fraction >= 1:
+        raise SpiralError(
+            f"({val_fraction}) and {{test_fraction}} ({test_fraction}) must add up to less than 1 so "
+            "that some sequences are left to train on",
+            option="val_fraction",
+        )
+    check_seed(seed)
+    x, lengths = padded_sequences(sequences)
+    labels = np.asarray(labels, dtype=np.uint8)
+    splits = split_indices(labels, val_fraction, test_fraction, np.random.default_rng(seed))
+    empty = [split for split, index in splits.items() if len(index) == 0]
+    if empty:
+        counts = np.bincount(labels, minlength=2)
+        raise SpiralError(
+            f"{source}: {counts[0]} clockwise and {counts[1]} anticlockwise sequences are too few for "
+            f"the fractions given: the {' and '.join(empty)} split would be empty; give more sequences"
+        )
+    from spiralctl.devices import tinygrad_version
+
+    options = {"source": Path(source).name, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    metadata = {
+        "format": DATASET_FORMAT,
+        "imported": json.dumps({**options, "seed": seed}, sort_keys=True),
+        "labels": json.dumps(list(LABELS)),
+        "spiralctl_version": __version__,
+        "tinygrad_version": tinygrad_version(),
+    }
+    return {
+        split: Dataset(x[index], labels[index], {**metadata, "split": split}, lengths[index])
+        for split, index in splits.items()
+    }
 
 
 def dataset_metadata(config: DataConfig, split: str) -> dict[str, str]:
@@ -236,7 +348,8 @@ def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = Fal
             for split, path in paths.items():
                 data = datasets[split]
                 handle = files.enter_context(atomic_output(path))
-                write_safetensors_to(handle, {"x": data.x, "y": data.y}, data.metadata)
+                tensors = {"x": data.x, "y": data.y, "lengths": data.lengths.astype(LENGTH_DTYPE)}
+                write_safetensors_to(handle, tensors, {**data.metadata, "format": DATASET_FORMAT})
     except BaseException:
         for folder in created:  # deepest first; rmdir removes only an empty folder
             try:
@@ -248,11 +361,15 @@ def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = Fal
 
 
 def load_dataset(path: Path) -> Dataset:
-    """Load and check a dataset file; every problem is a SpiralError naming the file."""
+    """Load and check a dataset file (version 2, or version 1: every sequence T points long);
+    every problem is a SpiralError naming the file."""
     path = Path(path)
-    tensors, metadata = read_spiralctl_file(path, DATASET_FORMAT)
-    if set(tensors) != {"x", "y"}:
-        raise SpiralError(f"{path}: a dataset holds tensors x and y, found {sorted(tensors)}")
+    tensors, metadata = read_spiralctl_file(path, DATASET_FORMATS)
+    names = {"x", "y"} if metadata.get("format") == DATASET_FORMATS[0] else {"x", "y", "lengths"}
+    if set(tensors) != names:
+        raise SpiralError(
+            f"{path}: a dataset holds tensors {' and '.join(sorted(names))}, found {sorted(tensors)}"
+        )
     x, y = tensors["x"], tensors["y"]
     if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] != 2 or x.shape[1] < 2:
         raise SpiralError(f"{path}: x must be float32[N, T, 2] with T >= 2, found {x.dtype}{list(x.shape)}")
@@ -264,7 +381,20 @@ def load_dataset(path: Path) -> Dataset:
         raise SpiralError(f"{path}: labels must be 0 (clockwise) or 1 (anticlockwise), found {int(y.max())}")
     if not np.isfinite(x).all():
         raise SpiralError(f"{path}: x holds NaN or infinite values; regenerate the file")
-    return Dataset(x, y, metadata)
+    lengths = tensors.get("lengths")
+    if lengths is not None:
+        if lengths.dtype.kind not in "iu" or lengths.shape != (x.shape[0],):
+            raise SpiralError(
+                f"{path}: lengths must be integers [{x.shape[0]}], found {lengths.dtype}{list(lengths.shape)}"
+            )
+        lengths = lengths.astype(np.int64)
+        bad = (lengths < 2) | (lengths > x.shape[1])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise SpiralError(
+                f"{path}: sequence {i} has length {int(lengths[i])}; lengths must be 2 to T ({x.shape[1]})"
+            )
+    return Dataset(x, y, metadata, lengths)
 
 
 def load_split(data_dir: Path, split: str) -> Dataset:

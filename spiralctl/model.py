@@ -73,14 +73,18 @@ class SpiralClassifier:
         h = lstm(x, *(p[name] for name in PARAMETER_NAMES[:4]))
         return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
 
-    def logits_packed(self, packed: Tensor, layout: PackedBatch) -> Tensor:
-        """Logits of the sequences in a packed batch ([1, layout.size]): the fused forward kernel
-        and the head."""
+    def logits_packed(self, packed: Tensor, layout: PackedBatch, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits of the sequences in a packed batch ([1, layout.size]) after its chunk of time
+        steps: the fused forward kernel and the head. state [2, H, B'] carries (h, c) from the
+        chunk before (when the packed start is above 0) to the next. Returns (logits, the state
+        as the kernel left it)."""
         p, batch, length = self.parameters, layout.batch, layout.length
-        hs = self.kernels.sequence_forward(packed, *(p[name] for name in PARAMETER_NAMES[:4]), batch, length)[
-            0
-        ]
-        return (hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1)
+        weights = (p[name] for name in PARAMETER_NAMES[:4])
+        out = self.kernels.sequence_forward(
+            packed, *weights, batch, length, lengths=layout.lengths, state=state
+        )
+        hs, state = out[0], out[5]
+        return (hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1), state
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: t.numpy() for name, t in self.parameters.items()}

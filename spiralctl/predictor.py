@@ -1,65 +1,135 @@
-"""Forward passes for validation, eval and predict (jitted, one compiled shape per (batch, length)),
-and the classification report."""
+"""Forward passes for validation, eval and predict, and the classification report.
+
+Sequence length is data, not a compiled shape: every call of the forward kernel runs a chunk of
+`chunk` time steps, with each sequence's own length in the packed buffer and (h, c) carried
+from one chunk to the next on the device. One compiled program per (device, batch, hidden,
+chunk) serves sequences of every length.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
-from spiralctl.data import LABELS, padded_batches
+from spiralctl.data import LABELS
 from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.lstm import padded_columns
 from spiralctl.kernels.staging import download, staging_tensor, upload
 from spiralctl.model import SpiralClassifier
 
+# time steps per forward call: long sequences run as several calls of the same program, and a
+# sequence shorter than its batch's longest costs at most a chunk's padding
+CHUNK = 64
+
 
 class Predictor:
-    """Runs a model over many sequences in fixed-size padded batches.
+    """Runs a model over many sequences of any lengths in fixed-size padded batches.
 
-    Each (batch size, sequence length) compiles once; later calls reuse the jitted kernels,
-    so predicting one sequence in a warm process takes milliseconds.
+    Sequences are sorted by length into batches, so a batch's sequences have about the same
+    length; a batch whose longest sequence has L points takes ceil(L / chunk) calls. Each
+    (batch size, chunk) compiles once; later calls reuse the jitted kernels, so predicting one
+    sequence in a warm process takes milliseconds. `chunk`, when not given, is CHUNK or the
+    longest sequence of the first call, whichever is shorter; validation during training gives
+    the training length, so that it runs the kernel the training step compiled. A later call
+    reuses a program already built when its batch is large enough (a stream of blocks, the last
+    one short, compiles once).
     """
 
-    def __init__(self, model: SpiralClassifier, batch_size: int = 128) -> None:
+    def __init__(self, model: SpiralClassifier, batch_size: int = 128, chunk: int | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.chunk = chunk
         self._jits: dict[PackedBatch, TinyJit] = {}
-        self._inputs: dict[PackedBatch, Tensor] = {}
+        self._inputs: dict[PackedBatch, tuple[Tensor, np.ndarray]] = {}
 
-    def _forward(self, layout: PackedBatch) -> tuple[TinyJit, Tensor]:
-        """The jitted forward pass for this layout and the input buffer it reads."""
+    @property
+    def compiled(self) -> int:
+        """How many forward programs (one per batch size and chunk) this predictor has built."""
+        return len(self._jits)
+
+    def _forward(self, layout: PackedBatch) -> tuple[TinyJit, Tensor, np.ndarray]:
+        """The jitted forward pass for this layout, the input buffer it reads and its host copy."""
         if layout not in self._jits:
-            self._inputs[layout] = staging_tensor((1, layout.size), self.model.device)
+            device, hidden = self.model.device, self.model.config.hidden
+            self._inputs[layout] = (staging_tensor((1, layout.size), device), layout.empty())
+            state = staging_tensor((2, hidden, padded_columns(layout.batch)), device)
 
             def forward(packed: Tensor) -> Tensor:
-                return self.model.logits_packed(packed, layout).realize()
+                logits, carried = self.model.logits_packed(packed, layout, state)
+                state.replace(carried)  # the kernel wrote (h, c) into the state's buffer
+                Tensor.realize(logits, state)
+                return logits
 
             self._jits[layout] = TinyJit(forward)
-        return self._jits[layout], self._inputs[layout]
+        return self._jits[layout], *self._inputs[layout]
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """x: float32[N, T, 2] -> float32[N] logits."""
-        n, length = x.shape[0], x.shape[1]
-        layout = PackedBatch(min(self.batch_size, n), length, self.model.config.input_size)
-        forward, staged = self._forward(layout)
-        packed = layout.empty()
-        out = np.empty(n, dtype=np.float32)
-        done = 0
-        for index, count in padded_batches(n, layout.batch):
-            layout.pack(x[index], out=packed)
-            out[done : done + count] = download(forward(upload(staged, packed)))[:count]
-            done += count
+    def _layout(self, n: int, longest: int) -> PackedBatch:
+        batch = min(self.batch_size, n)
+        for layout in self._jits:  # padding a few rows costs less than compiling another program
+            if layout.batch >= batch and (self.chunk is None or layout.length == self.chunk):
+                return layout
+        return PackedBatch(batch, self.chunk or min(CHUNK, longest), self.model.config.input_size)
+
+    def _batch_logits(self, layout: PackedBatch, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """x: [n <= B, L, D] (zero past each sequence's length), lengths: [n] -> logits [n]."""
+        forward, staged, packed = self._forward(layout)
+        n, steps = len(x), layout.length
+        view = packed[: layout.labels].reshape(layout.batch, steps, layout.inputs)
+        longest = max(int(lengths.max()), 1)
+        for first in range(0, longest, steps):
+            part = x[:, first : first + steps]
+            view[:] = 0.0
+            view[:n, : part.shape[1]] = part
+            layout.place_lengths(packed, lengths, first)
+            result = forward(upload(staged, packed))
+        return download(result)[:n]
+
+    def _run(
+        self, lengths: np.ndarray, gather: Callable[[np.ndarray, int], np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices, logits) per batch, batches of sequences sorted by length; gather(indices, L)
+        gives those sequences as [n, L, D]."""
+        n = len(lengths)
+        if n == 0:
+            return
+        layout = self._layout(n, int(lengths.max()))
+        order = np.argsort(lengths, kind="stable")
+        for begin in range(0, n, layout.batch):
+            index = order[begin : begin + layout.batch]
+            batch_lengths = lengths[index]
+            longest = int(batch_lengths.max())
+            yield index, self._batch_logits(layout, gather(index, longest), batch_lengths)
+
+    def logits(self, x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+        """x: float32[N, T, 2] (zero-padded past each sequence's length), lengths: [N] (default:
+        all T) -> float32[N] logits."""
+        lengths = np.full(len(x), x.shape[1], dtype=np.int64) if lengths is None else np.asarray(lengths)
+        out = np.empty(len(x), dtype=np.float32)
+        for index, logits in self._run(lengths, lambda index, longest: x[index, :longest]):
+            out[index] = logits
         return out
 
     def logits_ragged(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """Sequences of any lengths: grouped by length, one compiled shape per length."""
+        """Sequences of any lengths ([T_i, 2] each), batched by length through one program."""
         out = np.empty(len(sequences), dtype=np.float32)
-        by_length: dict[int, list[int]] = {}
-        for i, seq in enumerate(sequences):
-            by_length.setdefault(len(seq), []).append(i)
-        for ids in by_length.values():
-            stacked = np.stack([sequences[i] for i in ids]).astype(np.float32)
-            out[ids] = self.logits(stacked)
+        for index, logits in self.iter_ragged(sequences):
+            out[index] = logits
         return out
+
+    def iter_ragged(self, sequences: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(indices, logits) per batch as each finishes, for sequences of any lengths."""
+        lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+        inputs = self.model.config.input_size
+
+        def gather(index: np.ndarray, longest: int) -> np.ndarray:
+            x = np.zeros((len(index), longest, inputs), dtype=np.float32)
+            for row, i in enumerate(index):
+                x[row, : lengths[i]] = sequences[i]
+            return x
+
+        yield from self._run(lengths, gather)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -96,3 +166,32 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: flo
         "confusion": confusion.tolist(),
         "per_class": per_class,
     }
+
+
+LENGTH_BUCKETS = 4
+
+
+def length_buckets(lengths: np.ndarray, most: int = LENGTH_BUCKETS) -> list[tuple[int, int]]:
+    """Inclusive (shortest, longest) ranges: one per length when there are at most `most`
+    lengths, else `most` ranges of equal width from the shortest to the longest length."""
+    distinct = np.unique(lengths)
+    if len(distinct) <= most:
+        return [(int(v), int(v)) for v in distinct]
+    low, high = int(distinct[0]), int(distinct[-1])
+    edges = np.linspace(low, high + 1, most + 1)
+    bounds = [int(np.ceil(e)) for e in edges]
+    return [(bounds[k], bounds[k + 1] - 1) for k in range(most) if bounds[k + 1] > bounds[k]]
+
+
+def accuracy_by_length(
+    logits: np.ndarray, labels: np.ndarray, lengths: np.ndarray, threshold: float = 0.5
+) -> list[dict]:
+    """Accuracy per length bucket (see length_buckets): shortest, longest, n, accuracy."""
+    right = (sigmoid(logits) > threshold).astype(np.int64) == labels.astype(np.int64)
+    rows = []
+    for low, high in length_buckets(lengths):
+        inside = (lengths >= low) & (lengths <= high)
+        n = int(inside.sum())
+        if n:
+            rows.append({"shortest": low, "longest": high, "n": n, "accuracy": float(right[inside].mean())})
+    return rows

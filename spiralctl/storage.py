@@ -326,11 +326,16 @@ KINDS = {
 }
 
 
-def read_spiralctl_file(path: Path, expected: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """read_safetensors, then check the format tag is `expected` (e.g. spiralctl-dataset/1)."""
+def read_spiralctl_file(
+    path: Path, expected: str | tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """read_safetensors, then check the format tag is `expected` (e.g. spiralctl-dataset/2), or
+    one of them."""
     tensors, metadata = read_safetensors(path)
     found = metadata.get("format", "")
-    if found != expected:
+    accepted = (expected,) if isinstance(expected, str) else expected
+    expected = accepted[-1]
+    if found not in accepted:
         want, hint = next(v for k, v in KINDS.items() if expected.startswith(k))
         got = next((v[0] for k, v in KINDS.items() if found.startswith(k)), None)
         if got is not None:

@@ -65,15 +65,19 @@ class Trainer:
         Tensor.realize(result, *self.optimizer.update(grads, sources, packed, offset=layout.scalars))
         return result
 
-    def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-        """One optimizer step on x: [B, T, D], y and mask: [B] (mask 0 for padding rows).
+    def step(
+        self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lengths: np.ndarray | None = None
+    ) -> tuple[float, float]:
+        """One optimizer step on x: [B, T, D], y and mask: [B] (mask 0 for padding rows), lengths:
+        [B] (points of each sequence, zero-padded past its end in x; default: all T).
 
         Returns the batch's mean loss and how many of its sequences were classified right, both
         from the forward pass that the step's gradients come from.
         """
         layout = PackedBatch(*x.shape)
         number = self.step_count + 1
-        packed = layout.pack(x, y, mask, adam_scalars(self.learning_rate(number), number))
+        scalars = adam_scalars(self.learning_rate(number), number)
+        packed = layout.pack(x, y, mask, scalars, lengths=lengths)
         if layout not in self._jits:
             self._inputs[layout] = staging_tensor((1, layout.size), self.model.device)
             self._jits[layout] = TinyJit(functools.partial(self._kernel_step, layout=layout))
@@ -245,7 +249,8 @@ def train_epoch(
     started, first = time.perf_counter(), state.step
     sums, done = np.array([state.loss_sum, state.correct]), first
     for step in range(first, batches):
-        loss, right = trainer.step(data.x[index[step]], data.y[index[step]], mask[step])
+        rows = index[step]
+        loss, right = trainer.step(data.x[rows], data.y[rows], mask[step], data.lengths[rows])
         if not math.isfinite(loss):
             raise Diverged(f"training loss became {loss} in epoch {epoch}")
         sums += [loss * mask[step].sum(), right]
@@ -271,7 +276,7 @@ def end_of_epoch(
 ) -> dict:
     """The epoch's metrics: training loss and accuracy from its steps, validation on `val`."""
     n = timing["sequences"]
-    report = classification_report(predictor.logits(val.x), val.y)
+    report = classification_report(predictor.logits(val.x, val.lengths), val.y)
     metrics = {
         "epoch": epoch,
         "train_loss": state.loss_sum / n,
@@ -356,7 +361,8 @@ def fit(
         check_resume(config, resume)
         trainer.load_optimizer_state(resume.optimizer)
         state = ResumeState.from_checkpoint(resume)
-    predictor = Predictor(model, config.batch_size)
+    # chunks of the training length: validation runs the forward kernel the training step compiled
+    predictor = Predictor(model, config.batch_size, chunk=train.length)
     record = {**asdict(config), "device": device, "data": data_source}
     saver = _Saver(run_dir, model_config, trainer, record, train.fingerprint())
     last_checkpoint = str(run_dir / "last.safetensors")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import json.encoder
 import math
 import os
 import sys
@@ -14,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spiralctl.data import LABELS
 from spiralctl.errors import render_settings
 
 LABEL_STYLE = {"clockwise": "cyan", "anticlockwise": "magenta"}
@@ -295,6 +298,19 @@ def eval_report(console: Console, report: dict) -> None:
         confusion.add_row(name, *(str(v) for v in row))
     console.print(confusion)
 
+    if len(report.get("by_length", [])) > 1:
+        by_length = Table(title="accuracy by length (points)", title_justify="left")
+        for column in ("points", "sequences", "accuracy"):
+            by_length.add_column(column, justify="right")
+        for row in report["by_length"]:
+            points = str(row["shortest"]) if row["shortest"] == row["longest"] else _span(row)
+            by_length.add_row(points, str(row["n"]), f"{row['accuracy']:.4f}")
+        console.print(by_length)
+
+
+def _span(row: dict) -> str:
+    return f"{row['shortest']}-{row['longest']}"
+
 
 def predictions_table(console: Console, rows: list[dict]) -> None:
     table = Table(title_justify="left")
@@ -318,6 +334,84 @@ def predictions_table(console: Console, rows: list[dict]) -> None:
     console.print(table)
 
 
+TABLE_ROWS = 50  # predict's table in a terminal: this many rows, then a summary line
+
+
+def prediction_json_lines(block) -> str:
+    """One JSON object per sequence of a predict block, each on its own line."""
+    labels, encode = LABELS, json.encoder.encode_basestring_ascii
+    truth = None if block.true_label is None else block.true_label.tolist()
+    lines = []
+    for i, (name, points, p, label) in enumerate(
+        zip(block.names, block.points.tolist(), block.probability.tolist(), block.label.tolist())
+    ):
+        extra = "" if truth is None else f', "true_label": "{labels[truth[i]]}"'
+        lines.append(
+            f'{{"sequence": {encode(name)}, "points": {points}, "probability": {p!r}, '
+            f'"label": "{labels[label]}"{extra}}}\n'
+        )
+    return "".join(lines)
+
+
+class PredictionStream:
+    """predict's rows on stdout as each block arrives: JSON lines (--json), CSV lines (stdout is
+    not a terminal), or in a terminal a table of the first TABLE_ROWS rows and a summary line."""
+
+    def __init__(self, console: Console, json_output: bool, csv_lines: Callable) -> None:
+        self.console = console
+        self.mode = "json" if json_output else "table" if console.is_terminal else "csv"
+        self.csv_lines = csv_lines
+        self.shown: list[dict] = []
+        self.total, self.counts = 0, [0, 0]
+        self.closed = console.quiet  # nothing more to write: quiet, or the reader went away
+        self._table_printed = False
+
+    def add(self, block) -> None:
+        self.total += len(block)
+        for label in (0, 1):
+            self.counts[label] += int((block.label == label).sum())
+        if self.mode == "table":
+            if len(self.shown) < TABLE_ROWS:
+                self.shown.extend(itertools.islice(block.rows(), TABLE_ROWS - len(self.shown)))
+            if len(self.shown) == TABLE_ROWS and not self._table_printed:
+                self._print_table()
+            return
+        text = (
+            prediction_json_lines(block)
+            if self.mode == "json"
+            else self.csv_lines(block, self.total == len(block))
+        )
+        self._write(text)
+
+    def _print_table(self) -> None:
+        predictions_table(self.console, self.shown)
+        self._table_printed = True
+
+    def _write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.console.file.write(text)
+            self.console.file.flush()
+        except BrokenPipeError:  # `| head`: the rest goes nowhere
+            self.closed = True
+            stdout_closed()
+
+    def finish(self) -> None:
+        if self.mode != "table":
+            return
+        if not self._table_printed:
+            self._print_table()
+        more = self.total - len(self.shown)
+        if more:
+            clockwise, anticlockwise = self.counts
+            self.console.print(
+                f"... and {more} more rows; all {self.total}: {clockwise} {LABELS[0]}, "
+                f"{anticlockwise} {LABELS[1]} (--json or -o FILE.csv for every row)",
+                highlight=False,
+            )
+
+
 def datasets_table(console: Console, summary: dict) -> None:
     rows = summary["splits"]
     table = Table(title_justify="left")
@@ -329,10 +423,14 @@ def datasets_table(console: Console, summary: dict) -> None:
             str(row["sequences"]),
             str(row["clockwise"]),
             str(row["anticlockwise"]),
-            str(row["length"]),
+            str(row["length"]) if row.get("min_length", row["length"]) == row["length"] else _lengths(row),
             row["file"],
         )
     console.print(table)
+
+
+def _lengths(row: dict) -> str:
+    return f"{row['min_length']}-{row['length']}"
 
 
 def file_info(console: Console, report: dict) -> None:
@@ -345,7 +443,12 @@ def file_info(console: Console, report: dict) -> None:
     summary.add_row("checksum", report["checksum"])
     if report["kind"] == "dataset":
         classes = ", ".join(f"{n} {name}" for name, n in report["classes"].items())
-        summary.add_row("sequences", f"{report['sequences']} of {report['length']} points ({classes})")
+        points = (
+            report["length"]
+            if report.get("min_length", report["length"]) == report["length"]
+            else _lengths(report)
+        )
+        summary.add_row("sequences", f"{report['sequences']} of {points} points ({classes})")
     if report["kind"] == "checkpoint":
         steps = report.get("partial_steps", 0)
         position = f" finished, and {plural(steps, 'step')} of epoch {report['epoch'] + 1}" if steps else ""

@@ -148,3 +148,19 @@ def render(ast: UOp, backend: str) -> tuple[str, tuple, tuple]:
     program = UOp(Ops.PROGRAM, src=(sink,), arg=ProgramInfo.from_sink(sink, target))
     program = graph_rewrite(program, _RENDER, ctx=renderer, name="render")
     return program.src[-1].arg, tuple(program.arg.global_size), tuple(program.arg.local_size or (1, 1, 1))
+
+
+def lstm_numpy_lengths(x, lengths, w_ih, w_hh, b_ih, b_hh, grad_h=None):
+    """The reference on sequences of their own lengths: sequence b is x[b, :lengths[b]], run
+    alone. Returns h at each sequence's last point and, given dL/dh, the summed gradients."""
+    results = [
+        lstm_numpy(
+            x[b : b + 1, : int(length)], w_ih, w_hh, b_ih, b_hh, None if grad_h is None else grad_h[b : b + 1]
+        )
+        for b, length in enumerate(lengths)
+    ]
+    if grad_h is None:
+        return np.concatenate(results)
+    h = np.concatenate([r[0] for r in results])
+    grads = {name: sum(r[1][name] for r in results) for name in ("w_ih", "w_hh", "b")}
+    return h, grads

@@ -33,13 +33,13 @@ def test_help_lists_commands_in_journey_order(run):
     result = run("--help")
     assert result.exit_code == 0
     commands = result.output[result.output.index("Commands") :]
-    journey = ("gen-data", "train", "eval", "predict", "plot", "export", "info", "devices")
+    journey = ("gen-data", "import", "train", "eval", "predict", "plot", "export", "info", "devices")
     positions = [commands.index(f" {name} ") for name in journey]
     assert positions == sorted(positions)
 
 
 @pytest.mark.parametrize(
-    "command", ["gen-data", "train", "eval", "predict", "plot", "export", "info", "devices"]
+    "command", ["gen-data", "import", "train", "eval", "predict", "plot", "export", "info", "devices"]
 )
 def test_every_command_help_has_a_summary_and_an_example(run, command):
     result = run(command, "--help")
@@ -52,6 +52,7 @@ def test_every_command_help_has_a_summary_and_an_example(run, command):
     [
         ("train", ("Data", "Device", "Model", "Optimization", "Run folder", "Output")),
         ("gen-data", ("Data", "Splits", "Output")),
+        ("import", ("Data", "Splits", "Output")),
         ("eval", ("Device", "Inference", "Output")),
         ("predict", ("Device", "Inference", "Output")),
         ("plot", ("Data", "Device", "Inference", "Output")),
@@ -195,13 +196,15 @@ def _bad_files(tmp_path, small_data, trained_run):
     """Build the bad inputs the error table below refers to."""
     (tmp_path / "folder.safetensors").mkdir()
     (tmp_path / "text.safetensors").write_text("this is not a safetensors file")
-    x, y = read_safetensors(small_data / "val.safetensors")[0].values()
-    meta = read_safetensors(small_data / "val.safetensors")[1]
-    write_safetensors(tmp_path / "shape.safetensors", {"x": x[:, :, :1].copy(), "y": y}, meta)
-    write_safetensors(tmp_path / "labels.safetensors", {"x": x, "y": y + 2}, meta)
+    tensors, meta = read_safetensors(small_data / "val.safetensors")
+    x, y, lengths = tensors["x"], tensors["y"], tensors["lengths"]
+    write_safetensors(
+        tmp_path / "shape.safetensors", {"x": x[:, :, :1].copy(), "y": y, "lengths": lengths}, meta
+    )
+    write_safetensors(tmp_path / "labels.safetensors", {"x": x, "y": y + 2, "lengths": lengths}, meta)
     nan = x.copy()
     nan[0, 0, 0] = np.nan
-    write_safetensors(tmp_path / "nan.safetensors", {"x": nan, "y": y}, meta)
+    write_safetensors(tmp_path / "nan.safetensors", {"x": nan, "y": y, "lengths": lengths}, meta)
     tensors, ck_meta = read_safetensors(trained_run / "best.safetensors")
     tensors["lstm.weight_hh_l0"] = np.zeros((16, 5), np.float32)
     write_safetensors(tmp_path / "mismatch.safetensors", tensors, ck_meta)
@@ -272,7 +275,11 @@ def test_info_on_dataset_and_checkpoint(run, small_data, trained_run):
     assert report["kind"] == "dataset" and report["checksum"] == "verified"
     assert report["classes"] == {"clockwise": 15, "anticlockwise": 15}
     assert report["metadata"]["generator"]["sequences"] == 120
-    assert {t["name"]: t["shape"] for t in report["tensors"]} == {"x": [30, 12, 2], "y": [30]}
+    assert {t["name"]: t["shape"] for t in report["tensors"]} == {
+        "x": [30, 12, 2],
+        "y": [30],
+        "lengths": [30],
+    }
 
     result = run("info", trained_run / "best.safetensors", "--json")
     report = json.loads(result.stdout)

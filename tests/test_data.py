@@ -125,7 +125,8 @@ def test_round_trip_keeps_arrays_and_metadata(tmp_path):
     loaded = load_dataset(tmp_path / "val.safetensors")
     np.testing.assert_array_equal(loaded.x, splits["val"].x)
     np.testing.assert_array_equal(loaded.y, splits["val"].y)
-    assert loaded.metadata["format"] == "spiralctl-dataset/1"
+    assert loaded.metadata["format"] == "spiralctl-dataset/2"
+    np.testing.assert_array_equal(loaded.lengths, np.full(len(loaded), loaded.length))
     assert loaded.metadata["split"] == "val"
     assert '"seed": 2' in loaded.metadata["generator"]
 

@@ -150,11 +150,11 @@ def test_an_eof_error_elsewhere_is_a_bug_not_ctrl_c(trained_run, monkeypatch):
 
         return predict
 
-    monkeypatch.setattr(commands, "predict", raising(EOFError("ran out of input")))
+    monkeypatch.setattr(commands, "predict_blocks", raising(EOFError("ran out of input")))
     result = _predict(trained_run / "best.safetensors", "whatever.csv")
     assert result.exit_code == 3
     assert result.output.strip().startswith("error: internal error: EOFError: ran out of input")
-    monkeypatch.setattr(commands, "predict", raising(KeyboardInterrupt()))
+    monkeypatch.setattr(commands, "predict_blocks", raising(KeyboardInterrupt()))
     result = _predict(trained_run / "best.safetensors", "whatever.csv")
     assert result.exit_code == 130 and "internal error" not in result.output  # Ctrl-C stays Ctrl-C
 

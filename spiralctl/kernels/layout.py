@@ -2,9 +2,11 @@
 
 One copy uploads it, and the kernels read each part where it lies: the sequences
 [B, T, D] (batch-first, as the data is stored), the labels [B], the mask [B] (1 for a real
-sequence, 0 for padding) and Adam's three step numbers [lr, 1/(1-b1^t), 1/(1-b2^t)].
-Inference stages its sequences in a buffer of the same size, so validation during training
-runs the forward kernel that the training step compiled.
+sequence, 0 for padding), the lengths [B] (points of each sequence, counted from the start of
+the whole sequence), `start` [1] (the time step that this buffer's first point is: 0 for a
+training step, k*T for the k-th chunk of a long sequence) and Adam's three step numbers
+[lr, 1/(1-b1^t), 1/(1-b2^t)]. Inference stages its sequences in a buffer of the same size, so
+validation during training runs the forward kernel that the training step compiled.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ SCALARS = 3  # Adam's learning rate and two bias corrections
 @dataclass(frozen=True)
 class PackedBatch:
     batch: int
-    length: int  # points per sequence
+    length: int  # time steps in the buffer (a chunk of T points, or every point in training)
     inputs: int = 2  # coordinates per point
 
     @property
@@ -33,9 +35,19 @@ class PackedBatch:
         return self.labels + self.batch
 
     @property
+    def lengths(self) -> int:
+        """Where the sequences' lengths start; `start` follows them at lengths + batch."""
+        return self.mask + self.batch
+
+    @property
+    def start(self) -> int:
+        """Where the time step of the buffer's first point is."""
+        return self.lengths + self.batch
+
+    @property
     def scalars(self) -> int:
         """Where Adam's step numbers start."""
-        return self.mask + self.batch
+        return self.start + 1
 
     @property
     def size(self) -> int:
@@ -52,12 +64,23 @@ class PackedBatch:
         mask: np.ndarray | None = None,
         scalars: np.ndarray | None = None,
         out: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+        start: int = 0,
     ) -> np.ndarray:
-        """Fill `out` (or a new buffer): x [n <= B, T, D] from the start, the rest where given."""
+        """Fill `out` (or a new buffer): x [n <= B, T, D] from the start, the rest where given.
+
+        Lengths not given are the full length T for the n rows of x (and 0 for the rest)."""
         out = self.empty() if out is None else out
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
         out[: flat.size] = flat
-        for start, part in ((self.labels, y), (self.mask, mask), (self.scalars, scalars)):
+        for begin, part in ((self.labels, y), (self.mask, mask), (self.scalars, scalars)):
             if part is not None:
-                out[start : start + len(part)] = part
+                out[begin : begin + len(part)] = part
+        return self.place_lengths(out, np.full(len(x), x.shape[1]) if lengths is None else lengths, start)
+
+    def place_lengths(self, out: np.ndarray, lengths: np.ndarray, start: int = 0) -> np.ndarray:
+        """Write the lengths of n <= B sequences (0 for the rest) and `start` into `out`."""
+        out[self.lengths : self.lengths + self.batch] = 0.0
+        out[self.lengths : self.lengths + len(lengths)] = lengths
+        out[self.start] = start
         return out

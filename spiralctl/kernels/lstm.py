@@ -105,23 +105,29 @@ def _forward_kernel(
     tanh_cs: UOp,
     gates: UOp,
     xa: UOp,
-    x: UOp,
-    w_ih: UOp,
-    b_ih: UOp,
-    b_hh: UOp,
-    w_hh: UOp,
-    *,
+    *buffers: UOp,
     batch: int,
+    lengths: int | None = None,
 ) -> UOp:
-    """hs, cs: [T+1, H, B'] (row 0 is the zero state); gates: [T, 4H, B'] after activation.
+    """hs, cs: [T+1, H, B'] (row 0 is the initial state); gates: [T, 4H, B'] after activation.
 
+    buffers: the state [2, H, B'] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
     x holds the sequences [B, T, D] at the start of its buffer (B <= B' columns are real, the
-    rest padding). The kernel first copies them batch-last into xa: [T, D+1, B'], with a row
-    of ones (the biases' input, for the weight gradients) and zeros in the padding columns;
-    then W_ih, the summed biases and W_hh give the gate pre-activations. Every statement runs
-    over an innermost loop of `lanes` batch columns, which clang vectorises; the
-    pre-activations are summed in place in `gates`.
+    rest padding). The kernel first copies them batch-last into xa: [T, D+1, B'], with a last
+    row that says whether step t is inside sequence b (1; the biases' input, for the weight
+    gradients) or past its end (0), and zeros in the padding columns; then W_ih, the summed
+    biases and W_hh give the gate pre-activations. Every statement runs over an innermost
+    loop of `lanes` batch columns, which clang vectorises; the pre-activations are summed in
+    place in `gates`.
+
+    With `lengths` (a flat position in x's buffer), x holds each sequence's length at
+    lengths + b and the time step of its first point, `start`, at lengths + B. Step t is
+    inside sequence b when start + t < length[b]; past the end, h and c are carried unchanged,
+    so h_T is h at the sequence's own last point. The initial state is zero when start is 0
+    and the state buffer's (h, c) otherwise, and (h_T, c_T) is written back to it at the end:
+    a long sequence runs as chunks of T steps, one call each.
     """
+    state, (x, w_ih, b_ih, b_hh, w_hh) = (None, buffers) if lengths is None else (buffers[0], buffers[1:])
     steps1, hidden, padded = hs.shape
     steps, loops = steps1 - 1, _Loops(padded)
     inputs = xa.shape[1] - 1
@@ -133,8 +139,24 @@ def _forward_kernel(
     value = value if padded == batch else (b < batch).where(value, 0.0)
     copied = xa[t, d, b].store(value).end(bi).end(d)
     bi, b = loops.lane()
-    ones = xa[t, inputs, b].store(1.0).end(bi)
-    init = UOp.group(loops.zero_row(0, hidden, hs, cs), UOp.group(copied, ones).end(t))
+    if lengths is None:
+        inside = 1.0
+    else:
+        real = b if padded == batch else (b < batch).where(b, 0)
+        inside = (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + real]).where(1.0, 0.0)
+        inside = inside if padded == batch else (b < batch).where(inside, 0.0)
+    ones = xa[t, inputs, b].store(inside).end(bi)
+    if state is None:
+        first = loops.zero_row(0, hidden, hs, cs)
+    else:
+        j = loops.range(hidden)
+        bi, b = loops.lane()
+        carried = x[lengths + batch] > 0.5
+        first = UOp.group(
+            hs[0, j, b].store(carried.where(state[0, j, b], 0.0)),
+            cs[0, j, b].store(carried.where(state[1, j, b], 0.0)),
+        ).end(bi, j)
+    init = UOp.group(first, UOp.group(copied, ones).end(t))
     hs0, cs0, xa = hs.after(init), cs.after(init), xa.after(init)
 
     t = loops.range(steps, AxisType.REDUCE)
@@ -165,26 +187,38 @@ def _forward_kernel(
     n = loops.range(hidden)
     bi, b = loops.lane()
     i, f, g, o = (gv[t, q * hidden + n, b] for q in range(4))
-    c_new = f * cs0.after(t)[t, n, b] + i * g
+    c_old = cs0.after(t)[t, n, b]
+    c_new = f * c_old + i * g
     tanh_c = _tanh(c_new)
+    h_new = o * tanh_c
+    if state is not None:  # past the sequence's end: the state stays as it was
+        inside = xa[t, inputs, b] > 0.5
+        c_new, h_new = inside.where(c_new, c_old), inside.where(h_new, hs0.after(t)[t, n, b])
     stores = UOp.group(
-        cs[t + 1, n, b].store(c_new), tanh_cs[t, n, b].store(tanh_c), hs[t + 1, n, b].store(o * tanh_c)
+        cs[t + 1, n, b].store(c_new), tanh_cs[t, n, b].store(tanh_c), hs[t + 1, n, b].store(h_new)
     )
-    return (
-        stores.end(bi, n).end(t).end(loops.outer).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
-    )
+    done = stores.end(bi, n).end(t)
+    if state is not None:
+        n = loops.range(hidden)
+        bi, b = loops.lane()
+        last_h, last_c = hs.after(done)[steps, n, b], cs.after(done)[steps, n, b]
+        done = UOp.group(state[0, n, b].store(last_h), state[1, n, b].store(last_c)).end(bi, n)
+    return done.end(loops.outer).sink(arg=KernelInfo(name="lstm_forward", opts_to_apply=()))
 
 
 def _backward_kernel(
-    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp
+    dz: UOp, dc_carry: UOp, dh_carry: UOp, dh_last: UOp, cs: UOp, tanh_cs: UOp, gates: UOp, w_hh: UOp, xa: UOp
 ) -> UOp:
     """Backward through time. dz: [T, 4H, B] gradient of the gate pre-activations.
 
     dh_last: [H, B] is the loss's gradient with respect to h_T. dc_carry[t] and dh_carry[t]
-    hold what step t passes back to step t-1; row T starts as (0, dh_last).
+    hold what step t passes back to step t-1; row T starts as (0, dh_last). xa's last row
+    (the forward kernel's) says whether step t is inside the sequence: past its end the gate
+    gradients are 0 and dh and dc pass back unchanged.
     """
     steps, hidden4, batch = dz.shape
     hidden, loops = hidden4 // 4, _Loops(batch)
+    inputs = xa.shape[1] - 1
     k = loops.range(hidden)
     bi, b = loops.lane()
     init = UOp.group(dc_carry[steps, k, b].store(0.0), dh_carry[steps, k, b].store(dh_last[k, b])).end(bi, k)
@@ -194,23 +228,26 @@ def _backward_kernel(
     t = (steps - 1) - r
     k = loops.range(hidden)
     bi, b = loops.lane()
-    dh = dh0.after(r)[t + 1, k, b]
+    inside = xa[t, inputs, b] > 0.5
+    dh, dc_next = dh0.after(r)[t + 1, k, b], dc0.after(r)[t + 1, k, b]
     i, f, g, o = (gates[t, q * hidden + k, b] for q in range(4))
     tanh_c = tanh_cs[t, k, b]
-    dc = dc0.after(r)[t + 1, k, b] + dh * o * (1 - tanh_c * tanh_c)
+    dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
     gate_grads = UOp.group(
-        dz[t, k, b].store(dc * g * i * (1 - i)),
-        dz[t, hidden + k, b].store(dc * cs[t, k, b] * f * (1 - f)),
-        dz[t, 2 * hidden + k, b].store(dc * i * (1 - g * g)),
-        dz[t, 3 * hidden + k, b].store(dh * tanh_c * o * (1 - o)),
-        dc_carry[t, k, b].store(dc * f),
+        dz[t, k, b].store(inside.where(dc * g * i * (1 - i), 0.0)),
+        dz[t, hidden + k, b].store(inside.where(dc * cs[t, k, b] * f * (1 - f), 0.0)),
+        dz[t, 2 * hidden + k, b].store(inside.where(dc * i * (1 - g * g), 0.0)),
+        dz[t, 3 * hidden + k, b].store(inside.where(dh * tanh_c * o * (1 - o), 0.0)),
+        dc_carry[t, k, b].store(inside.where(dc * f, dc_next)),
     ).end(bi, k)
     dzv = dz.after(gate_grads)
 
-    # dh_carry[t] = W_hh^T dz[t], summed in place; rows in blocks with j outside them, as in forward
+    # dh_carry[t] = W_hh^T dz[t] (plus dh_carry[t+1] past the end), summed in place; rows in
+    # blocks with j outside them, as in forward
     n = loops.range(hidden)
     bi, b = loops.lane()
-    acc = dh_carry.after(dh_carry.after(r)[t, n, b].store(0.0).end(bi).end(n))
+    passed = (xa[t, inputs, b] > 0.5).where(0.0, dh0.after(r)[t + 1, n, b])
+    acc = dh_carry.after(dh_carry.after(r)[t, n, b].store(passed).end(bi).end(n))
     rows = math.gcd(hidden, ROW_BLOCK)
     no = loops.range(hidden // rows)
     unroll = _unroll(4 * hidden, UNROLL)
@@ -284,29 +321,53 @@ def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tenso
     return d_w_hh, d_w_in
 
 
+def padded_columns(batch: int) -> int:
+    """B': the batch columns of the kernels' buffers (the batch and padding columns)."""
+    return batch + _batch_padding(batch)
+
+
 def sequence_forward(
-    x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, batch: int, steps: int, grad_fxn=None
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    batch: int,
+    steps: int,
+    grad_fxn=None,
+    lengths: int | None = None,
+    state: Tensor | None = None,
 ) -> list[Tensor]:
     """The forward kernel over `batch` sequences of `steps` points at the start of x's buffer
     (weights in PyTorch's order, as `lstm`).
 
     Returns hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated gates: [T, 4H, B'] and the
     inputs batch-last with a row of ones, xa: [T, D+1, B'] (B' = batch + padding columns).
+
+    With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`,
+    see PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end;
+    `state` ([2, H, B'], a scratch buffer when not given) is then the initial (h, c) when start
+    is above 0, and receives (h_T, c_T): it is the sixth tensor returned.
     """
     hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
-    padded = batch + _batch_padding(batch)
-    return Tensor.custom_kernel(
+    padded = padded_columns(batch)
+    outputs = [
         Tensor.empty(steps + 1, hidden, padded, device=device),  # h_0 .. h_T
         Tensor.empty(steps + 1, hidden, padded, device=device),  # c_0 .. c_T
         Tensor.empty(steps, hidden, padded, device=device),  # tanh(c_1) .. tanh(c_T), for backward
         Tensor.empty(steps, 4 * hidden, padded, device=device),  # activated gates, for backward
         Tensor.empty(steps, inputs + 1, padded, device=device),  # the inputs, batch-last
+    ]
+    if lengths is not None:
+        outputs.append(Tensor.empty(2, hidden, padded, device=device) if state is None else state)
+    return Tensor.custom_kernel(
+        *outputs,
         x,
         w_ih,
         b_ih,
         b_hh,
         w_hh,
-        fxn=functools.partial(_forward_kernel, batch=batch),
+        fxn=functools.partial(_forward_kernel, batch=batch, lengths=lengths),
         grad_fxn=grad_fxn,
     )
 
@@ -316,8 +377,10 @@ def sequence_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Backward through time from dh_last: [H, B'], the gradient with respect to h_T.
 
-    Returns dz: [T, 4H, B'] (the gate pre-activations' gradients), dW_hh: [4H, H] and
-    dW_in: [4H, D+1] (W_ih's gradient, with the biases' as its last column).
+    xa's last row (1 inside a sequence, 0 past its end, as sequence_forward writes it) masks
+    the steps past each sequence's end. Returns dz: [T, 4H, B'] (the gate pre-activations'
+    gradients), dW_hh: [4H, H] and dW_in: [4H, D+1] (W_ih's gradient, with the biases' as its
+    last column).
     """
     steps1, hidden, batch = hs.shape
     steps, device = steps1 - 1, hs.device
@@ -330,6 +393,7 @@ def sequence_backward(
         tanh_cs,
         gates,
         w_hh,
+        xa,
         fxn=_backward_kernel,
     )
     d_w_hh, d_w_in = _weight_gradients(dz, hs, xa)

@@ -135,13 +135,16 @@ def step_gradients(
     """One step's loss and right answers ([1, 2]) and gradients, from a packed batch, with the
     kernels of `family` (kernels/family.py).
 
-    packed: [1, layout.size], as `PackedBatch` lays it out.
+    packed: [1, layout.size], as `PackedBatch` lays it out: each sequence ends at its own
+    length (layout.lengths; start 0), and the loss is on h at its last point.
     parameters: W_ih, W_hh, b_ih, b_hh, head weight, head bias (PyTorch's order).
     Returns (results, gradient buffers, sources for `FusedAdam.update`).
     """
     w_ih, w_hh, b_ih, b_hh, w_head, b_head = parameters
     hidden, inputs, batch = w_hh.shape[1], layout.inputs, layout.batch
-    forward = family.sequence_forward(packed, w_ih, w_hh, b_ih, b_hh, batch, layout.length)
+    forward = family.sequence_forward(
+        packed, w_ih, w_hh, b_ih, b_hh, batch, layout.length, lengths=layout.lengths
+    )
     hs, cs, tanh_cs, gates, xa = forward[:5]
     results, dh_last, d_head = family.head(hs, w_head, b_head, packed, batch, layout.labels)[:3]
     _, d_w_hh, d_w_in = family.sequence_backward(dh_last, hs, cs, tanh_cs, gates, xa, w_hh)
@@ -159,5 +162,5 @@ def step_gradients(
 def step_bytes(layout: PackedBatch, hidden: int) -> int:
     """About how much memory one training step's buffers take (float32)."""
     batch, steps, inputs = layout.batch + 16, layout.length, layout.inputs
-    per_column = 3 * (steps + 1) * hidden + steps * (hidden + 8 * hidden + inputs + 1)
+    per_column = 3 * (steps + 1) * hidden + steps * (hidden + 8 * hidden + inputs + 1) + 2 * hidden
     return 4 * (batch * per_column + layout.size)

@@ -47,19 +47,21 @@ def start_compile_workers() -> None:
 
 
 def stop_compile_workers() -> None:
-    """End the workers at once; safe to call when there are none."""
+    """End the workers without waiting on the pool's locks; safe to call when there are none."""
     from tinygrad.engine import worker
 
     pool, worker.worker_pool = worker.worker_pool, None
     if pool is None:
         return
     if all(process.is_alive() for process in pool._pool):
-        pool.terminate()  # healthy workers: the pool's own way, which also frees its semaphores
-        return
+        pool.close()  # healthy workers get the pool's own stop message and exit (they ignore SIGTERM)
+        for process in pool._pool:
+            process.join(timeout=10)
     # the pool's own terminate() first takes a queue lock that a killed worker may hold forever
     pool._terminate.cancel()
     pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE  # no replacements
     for process in pool._pool:
-        process.kill()
+        if process.is_alive():
+            process.kill()
     for process in pool._pool:
         process.join(timeout=5)
