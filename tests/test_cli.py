@@ -188,7 +188,7 @@ def test_devices_json(run):
     rows = json.loads(result.stdout)["devices"]
     cpu = next(row for row in rows if row["name"] == "cpu")
     assert cpu["ok"] is True
-    assert {row["name"] for row in rows} == {"cpu", "cuda", "amd", "metal"}
+    assert {row["name"] for row in rows} == {"cpu", "cuda", "amd", "metal", "opencl"}
     assert all(row["reason"] for row in rows if not row["ok"])
 
 

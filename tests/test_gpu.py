@@ -80,7 +80,9 @@ def test_inference_logits_match_numpy(device, batch, steps, hidden):
     layout = PackedBatch(batch, steps)
     model = SpiralClassifier(ModelConfig(hidden=hidden), weights, device)
     assert model.kernels is GPU_FAMILY
-    logits = model.logits_packed(Tensor(layout.pack(x)[None], device=device), layout).numpy()
+    state = Tensor.zeros(2, hidden, batch, device=device).contiguous()  # start 0: not read
+    logits, _ = model.logits_packed(Tensor(layout.pack(x)[None], device=device), layout, state)
+    logits = logits.numpy()
     w_ih, w_hh, b_ih, b_hh, w_head, b_head = weights.values()
     expected = lstm_numpy(x, w_ih, w_hh, b_ih, b_hh) @ w_head[0].astype(np.float64) + b_head[0]
     np.testing.assert_allclose(logits, expected, atol=1e-5)
