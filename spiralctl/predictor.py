@@ -68,7 +68,9 @@ class Predictor:
     def _layout(self, n: int, longest: int) -> PackedBatch:
         batch = min(self.batch_size, n)
         for layout in self._jits:  # padding a few rows costs less than compiling another program
-            if layout.batch >= batch and (self.chunk is None or layout.length == self.chunk):
+            # a program of short chunks is not reused for long sequences: it would take many calls
+            fits = layout.length == self.chunk if self.chunk else layout.length >= min(CHUNK, longest)
+            if layout.batch >= batch and fits:
                 return layout
         return PackedBatch(batch, self.chunk or min(CHUNK, longest), self.model.config.input_size)
 

@@ -65,7 +65,7 @@ def postgres_server(password: str) -> Iterator[str]:
     port = _free_port()
 
     def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, cwd=folder)
+        subprocess.run([*as_user, *args], check=True, capture_output=True, cwd=folder, timeout=120)
 
     try:
         run(

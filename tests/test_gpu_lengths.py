@@ -201,3 +201,21 @@ def test_launch_sizes_with_lengths_on_opencl():
     for name in ("lstm_forward_gpu", "lstm_backward_gpu"):
         assert _threads(*sizes[name]) >= batch * hidden, name
         assert sizes[name] == ((34, 1, 1), (8, 32, 1)), name
+
+
+@needs_gpu
+def test_predict_on_the_gpu_device_carries_long_sequences_over_chunks():
+    """Sequences of over 64 points take several chunks of the same program, the packed buffer
+    refilled between them: on the GPU device the same logits as on the CPU, twice in a row."""
+    from spiralctl.data import DataConfig, generate
+    from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
+    from spiralctl.predictor import Predictor
+
+    data = generate(DataConfig(sequences=120, length=200, seed=3, min_length=5))["train"]
+    weights = init_parameters(ModelConfig(hidden=8), seed=2)
+    results = {}
+    for device in ("CPU", GPU):
+        predictor = Predictor(SpiralClassifier(ModelConfig(hidden=8), weights, device), batch_size=32)
+        results[device] = [predictor.logits(data.x, data.lengths) for _ in range(2)]
+    for run in results[GPU]:
+        np.testing.assert_allclose(run, results["CPU"][0], atol=1e-5)

@@ -175,7 +175,9 @@ def test_installed_import_then_train(tmp_path):
     if not os.path.exists(EXE):
         pytest.skip("spiralctl is not installed in this environment")
     _csv("mine.csv", _spirals(20))
-    result = subprocess.run([EXE, "import", "mine.csv", "data", "--json"], capture_output=True, text=True)
+    result = subprocess.run(
+        [EXE, "import", "mine.csv", "data", "--json"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["splits"][0]["split"] == "train"
     result = subprocess.run(
@@ -195,6 +197,7 @@ def test_installed_import_then_train(tmp_path):
         ],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["last"]["epoch"] == 1

@@ -213,13 +213,14 @@ def test_pruning_leaves_a_sane_run_folder(tiny_data, tmp_path):
 
     run_dir = tmp_path / "trial-0"
     config = TrainConfig(epochs=3, batch_size=16, hidden=2)
+    before = signal.getsignal(signal.SIGINT)  # a test run in a background job starts with it ignored
     with pytest.raises(optuna.TrialPruned):
         tuning._train_trial(config, tiny_data, run_dir, "cpu", True, prune_after_first_epoch)
     assert _epochs_written(run_dir) == 1
     assert load_checkpoint(run_dir / "last.safetensors").epoch == 1
     assert load_checkpoint(run_dir / "best.safetensors").epoch == 1
     assert (run_dir / "loss.png").exists() and (run_dir / "config.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # fit gave Ctrl-C back
+    assert signal.getsignal(signal.SIGINT) is before  # fit gave Ctrl-C back
     from spiralctl.runs import run_lock
 
     with run_lock(run_dir):  # the run folder's lock was let go
@@ -388,6 +389,7 @@ def test_two_workers_share_a_postgresql_study(tiny_data, database):
         capture_output=True,
         text=True,
         env={**os.environ, tuning.ENV_STORAGE: database},
+        timeout=120,
     )
     assert shown.returncode == 0, shown.stderr
     assert (

@@ -8,7 +8,7 @@ then see the same input buffers on every call.
 from __future__ import annotations
 
 import numpy as np
-from tinygrad import Tensor
+from tinygrad import Device, Tensor
 from tinygrad.device import Buffer
 
 
@@ -33,6 +33,9 @@ def upload(tensor: Tensor, array: np.ndarray) -> Tensor:
             np.frombuffer(view, dtype=np.float32, count=buffer.size)[:] = data.reshape(-1)
             return tensor
     buffer.copy_from(Buffer("PYTHON", buffer.size, buffer.dtype, opaque=memoryview(data).cast("B")))
+    # the copy may only be queued (OpenCL, CUDA): wait for it, as `data` may be the caller's array,
+    # which the caller then refills for the next chunk or batch
+    Device[buffer.device].synchronize()
     return tensor
 
 
