@@ -29,7 +29,7 @@ from tinygrad.dtype import AddrSpace
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops
 
 from spiralctl.kernels.adam import BETAS, EPS
-from spiralctl.kernels.lstm import _batch_padding, _sigmoid, _tanh
+from spiralctl.kernels.lstm import _batch_padding, _sigmoid, _tanh, backward_through_time, fused_lstm
 from spiralctl.kernels.step import LN2
 
 # threads per workgroup we aim for: enough to hide latency, well under every backend's limit (1024)
@@ -233,7 +233,7 @@ def sequence_forward_gpu(
     Returns every buffer of the custom kernel: hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated
     gates: [T, 4H, B'], xa: [T, D+1, B'] (the inputs batch-last with a row of ones), then the inputs.
     B' = batch + the CPU family's padding columns. `grad_fxn` is passed through unchanged (the kernel's
-    argument order is the CPU kernel's, so spiralctl.kernels.lstm._fused_gradient fits it).
+    argument order is the CPU kernel's, so lstm.fused_lstm's gradient fits it).
 
     With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`, see
     PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end; `state`
@@ -382,52 +382,9 @@ def weight_gradients_gpu(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Te
     return d_w_hh, d_w_in
 
 
-def sequence_backward_gpu(
-    dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Same arguments and return value as spiralctl.kernels.lstm.sequence_backward: (dz: [T, 4H, B'],
-    dW_hh: [4H, H], dW_in: [4H, D+1]). xa's last row (1 inside a sequence, 0 past its end, as
-    sequence_forward_gpu writes it) masks the steps past each sequence's end."""
-    steps1, hidden, padded = hs.shape
-    steps, device = steps1 - 1, hs.device
-    dz, *_ = Tensor.custom_kernel(
-        Tensor.empty(steps, 4 * hidden, padded, device=device),
-        Tensor.empty(steps1, hidden, padded, device=device),
-        Tensor.empty(steps1, hidden, padded, device=device),
-        dh_last,
-        cs,
-        tanh_cs,
-        gates,
-        w_hh,
-        xa,
-        fxn=_backward_kernel_gpu,
-    )
-    d_w_hh, d_w_in = weight_gradients_gpu(dz, hs, xa)
-    return dz, d_w_hh, d_w_in
-
-
-def _fused_gradient_gpu(grad: UOp, call: UOp) -> tuple:
-    """spiralctl.kernels.lstm._fused_gradient on the GPU kernels: the same gradients, in the same order."""
-    outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]
-    hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
-    batch, steps, inputs = x.shape
-    hidden = hs.shape[1]
-    dz, d_w_hh, d_w_in = sequence_backward_gpu(Tensor(grad)[steps], hs, cs, tanh_cs, gates, xa, Tensor(w_hh))
-    # the inputs' gradient (scheduled only when something needs it) is W_ih^T dz[t]
-    w = Tensor(w_ih).reshape(1, 4 * hidden, inputs, 1)
-    d_x = (w * dz.reshape(steps, 4 * hidden, 1, -1)).sum(1)[:, :, :batch].permute(2, 0, 1)
-    d_bias = d_w_in[:, inputs]
-    return (None, None, None, None, None, d_x.uop, d_w_in[:, :inputs].uop, d_bias.uop, d_bias.uop, d_w_hh.uop)
-
-
-def lstm_fused_gpu(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """As kernels/lstm.py's lstm_fused: h_T [B, H], differentiable by tinygrad's
-    autograd through the GPU backward kernels."""
-    batch, steps, _ = x.shape
-    hs, *_ = sequence_forward_gpu(
-        x.contiguous(), w_ih, w_hh, b_ih, b_hh, batch, steps, grad_fxn=_fused_gradient_gpu
-    )
-    return hs[steps, :, :batch].permute(1, 0)
+# the CPU family's backward and autograd wrapper, with this family's kernels
+sequence_backward_gpu = functools.partial(backward_through_time, _backward_kernel_gpu, weight_gradients_gpu)
+lstm_fused_gpu = fused_lstm(sequence_forward_gpu, sequence_backward_gpu)
 
 
 # ---------------------------------------------------------------------------------------------

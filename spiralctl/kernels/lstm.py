@@ -372,12 +372,21 @@ def sequence_forward(
     )
 
 
-def sequence_backward(
-    dh_last: Tensor, hs: Tensor, cs: Tensor, tanh_cs: Tensor, gates: Tensor, xa: Tensor, w_hh: Tensor
+def backward_through_time(
+    backward_kernel,
+    weight_gradients,
+    dh_last: Tensor,
+    hs: Tensor,
+    cs: Tensor,
+    tanh_cs: Tensor,
+    gates: Tensor,
+    xa: Tensor,
+    w_hh: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward through time from dh_last: [H, B'], the gradient with respect to h_T.
+    """Backward through time from dh_last: [H, B'], the gradient with respect to h_T, with a
+    kernel family's backward kernel and weight-gradient function (this module's, or gpu.py's).
 
-    xa's last row (1 inside a sequence, 0 past its end, as sequence_forward writes it) masks
+    xa's last row (1 inside a sequence, 0 past its end, as the forward kernel writes it) masks
     the steps past each sequence's end. Returns dz: [T, 4H, B'] (the gate pre-activations'
     gradients), dW_hh: [4H, H] and dW_in: [4H, D+1] (W_ih's gradient, with the biases' as its
     last column).
@@ -394,30 +403,50 @@ def sequence_backward(
         gates,
         w_hh,
         xa,
-        fxn=_backward_kernel,
+        fxn=backward_kernel,
     )
-    d_w_hh, d_w_in = _weight_gradients(dz, hs, xa)
+    d_w_hh, d_w_in = weight_gradients(dz, hs, xa)
     return dz, d_w_hh, d_w_in
 
 
-def _fused_gradient(grad: UOp, call: UOp) -> tuple:
-    outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]
-    hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
-    batch, steps, inputs = x.shape
-    hidden = hs.shape[1]
-    dz, d_w_hh, d_w_in = sequence_backward(Tensor(grad)[steps], hs, cs, tanh_cs, gates, xa, Tensor(w_hh))
-    # the inputs' gradient (scheduled only when something needs it) is W_ih^T dz[t]
-    w = Tensor(w_ih).reshape(1, 4 * hidden, inputs, 1)
-    d_x = (w * dz.reshape(steps, 4 * hidden, 1, -1)).sum(1)[:, :, :batch].permute(2, 0, 1)
-    d_bias = d_w_in[:, inputs]
-    return (None, None, None, None, None, d_x.uop, d_w_in[:, :inputs].uop, d_bias.uop, d_bias.uop, d_w_hh.uop)
+def fused_lstm(forward, backward):
+    """An LSTM h_T = f(x, W_ih, W_hh, b_ih, b_hh) that tinygrad's autograd differentiates, from a
+    family's forward and backward (sequence_forward / sequence_backward or their GPU twins)."""
+
+    def gradient(grad: UOp, call: UOp) -> tuple:
+        outputs, (x, w_ih, _, _, w_hh) = call.src[1:6], call.src[6:]  # no state: lstm() has no lengths
+        hs, cs, tanh_cs, gates, xa = (Tensor(u.after(call)) for u in outputs)
+        batch, steps, inputs = x.shape
+        hidden = hs.shape[1]
+        dz, d_w_hh, d_w_in = backward(Tensor(grad)[steps], hs, cs, tanh_cs, gates, xa, Tensor(w_hh))
+        # the inputs' gradient (scheduled only when something needs it) is W_ih^T dz[t]
+        w = Tensor(w_ih).reshape(1, 4 * hidden, inputs, 1)
+        d_x = (w * dz.reshape(steps, 4 * hidden, 1, -1)).sum(1)[:, :, :batch].permute(2, 0, 1)
+        d_bias = d_w_in[:, inputs]
+        return (
+            None,
+            None,
+            None,
+            None,
+            None,
+            d_x.uop,
+            d_w_in[:, :inputs].uop,
+            d_bias.uop,
+            d_bias.uop,
+            d_w_hh.uop,
+        )
+
+    def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+        """The same LSTM as `lstm_reference`, as fused kernels (forward, backward, weight gradients)."""
+        batch, steps, _ = x.shape
+        hs, *_ = forward(x.contiguous(), w_ih, w_hh, b_ih, b_hh, batch, steps, grad_fxn=gradient)
+        return hs[steps, :, :batch].permute(1, 0)
+
+    return lstm_fused
 
 
-def lstm_fused(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
-    """The same LSTM as `lstm_reference`, as fused kernels (forward, backward, weight gradient)."""
-    batch, steps, _ = x.shape
-    hs, *_ = sequence_forward(x.contiguous(), w_ih, w_hh, b_ih, b_hh, batch, steps, grad_fxn=_fused_gradient)
-    return hs[steps, :, :batch].permute(1, 0)
+sequence_backward = functools.partial(backward_through_time, _backward_kernel, _weight_gradients)
+lstm_fused = fused_lstm(sequence_forward, sequence_backward)
 
 
 def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, impl: str = "fused") -> Tensor:
