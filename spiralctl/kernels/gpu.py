@@ -29,7 +29,13 @@ from tinygrad.dtype import AddrSpace
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops
 
 from spiralctl.kernels.adam import BETAS, EPS
-from spiralctl.kernels.lstm import _batch_padding, _sigmoid, _tanh, backward_through_time, fused_lstm
+from spiralctl.kernels.lstm import (
+    _sigmoid,
+    _tanh,
+    backward_through_time,
+    forward_through_time,
+    fused_lstm,
+)
 from spiralctl.kernels.step import LN2
 
 # threads per workgroup we aim for: enough to hide latency, well under every backend's limit (1024)
@@ -216,51 +222,8 @@ def _forward_kernel_gpu(
     )
 
 
-def sequence_forward_gpu(
-    x: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor,
-    b_hh: Tensor,
-    batch: int,
-    steps: int,
-    grad_fxn=None,
-    lengths: int | None = None,
-    state: Tensor | None = None,
-) -> list[Tensor]:
-    """Same arguments and return value as spiralctl.kernels.lstm.sequence_forward.
-
-    Returns every buffer of the custom kernel: hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated
-    gates: [T, 4H, B'], xa: [T, D+1, B'] (the inputs batch-last with a row of ones), then the inputs.
-    B' = batch + the CPU family's padding columns. `grad_fxn` is passed through unchanged (the kernel's
-    argument order is the CPU kernel's, so lstm.fused_lstm's gradient fits it).
-
-    With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`, see
-    PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end; `state`
-    ([2, H, B'], a scratch buffer when not given) is then the initial (h, c) when start is above 0,
-    and receives (h_T, c_T): it is the sixth tensor returned.
-    """
-    hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
-    padded = batch + _batch_padding(batch)
-    outputs = [
-        Tensor.empty(steps + 1, hidden, padded, device=device),
-        Tensor.empty(steps + 1, hidden, padded, device=device),
-        Tensor.empty(steps, hidden, padded, device=device),
-        Tensor.empty(steps, 4 * hidden, padded, device=device),
-        Tensor.empty(steps, inputs + 1, padded, device=device),
-    ]
-    if lengths is not None:
-        outputs.append(Tensor.empty(2, hidden, padded, device=device) if state is None else state)
-    return Tensor.custom_kernel(
-        *outputs,
-        x,
-        w_ih,
-        b_ih,
-        b_hh,
-        w_hh,
-        fxn=functools.partial(_forward_kernel_gpu, batch=batch, lengths=lengths),
-        grad_fxn=grad_fxn,
-    )
+# the CPU family's call of the forward kernel (buffers, outputs, state), with this family's kernel
+sequence_forward_gpu = functools.partial(forward_through_time, _forward_kernel_gpu)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -326,7 +326,8 @@ def padded_columns(batch: int) -> int:
     return batch + _batch_padding(batch)
 
 
-def sequence_forward(
+def forward_through_time(
+    forward_kernel,
     x: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
@@ -338,8 +339,8 @@ def sequence_forward(
     lengths: int | None = None,
     state: Tensor | None = None,
 ) -> list[Tensor]:
-    """The forward kernel over `batch` sequences of `steps` points at the start of x's buffer
-    (weights in PyTorch's order, as `lstm`).
+    """A family's forward kernel over `batch` sequences of `steps` points at the start of x's
+    buffer (weights in PyTorch's order, as `lstm`).
 
     Returns hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated gates: [T, 4H, B'] and the
     inputs batch-last with a row of ones, xa: [T, D+1, B'] (B' = batch + padding columns).
@@ -367,7 +368,7 @@ def sequence_forward(
         b_ih,
         b_hh,
         w_hh,
-        fxn=functools.partial(_forward_kernel, batch=batch, lengths=lengths),
+        fxn=functools.partial(forward_kernel, batch=batch, lengths=lengths),
         grad_fxn=grad_fxn,
     )
 
@@ -445,6 +446,7 @@ def fused_lstm(forward, backward):
     return lstm_fused
 
 
+sequence_forward = functools.partial(forward_through_time, _forward_kernel)
 sequence_backward = functools.partial(backward_through_time, _backward_kernel, _weight_gradients)
 lstm_fused = fused_lstm(sequence_forward, sequence_backward)
 
