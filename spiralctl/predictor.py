@@ -66,13 +66,15 @@ class Predictor:
         return self._jits[layout], *self._inputs[layout]
 
     def _layout(self, n: int, longest: int) -> PackedBatch:
-        batch = min(self.batch_size, n)
+        batch, ideal = min(self.batch_size, n), self.chunk or min(CHUNK, longest)
         for layout in self._jits:  # padding a few rows costs less than compiling another program
-            # a program of short chunks is not reused for long sequences: it would take many calls
-            fits = layout.length == self.chunk if self.chunk else layout.length >= min(CHUNK, longest)
+            if self.chunk:
+                fits = layout.length == self.chunk
+            else:  # and a few more calls of shorter chunks too, but not many more
+                fits = -(-longest // layout.length) <= 2 * -(-longest // ideal)
             if layout.batch >= batch and fits:
                 return layout
-        return PackedBatch(batch, self.chunk or min(CHUNK, longest), self.model.config.input_size)
+        return PackedBatch(batch, ideal, self.model.config.input_size)
 
     def _batch_logits(self, layout: PackedBatch, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """x: [n <= B, L, D] (zero past each sequence's length), lengths: [n] -> logits [n]."""

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import tinygrad.codegen as codegen
 from tinygrad import Tensor
 from tinygrad.helpers import Target
@@ -164,3 +169,40 @@ def lstm_numpy_lengths(x, lengths, w_ih, w_hh, b_ih, b_hh, grad_h=None):
     h = np.concatenate([r[0] for r in results])
     grads = {name: sum(r[1][name] for r in results) for name in ("w_ih", "w_hh", "b")}
     return h, grads
+
+
+# the installed spiralctl command, as a user runs it
+EXE = shutil.which("spiralctl") or os.path.join(os.path.dirname(sys.executable), "spiralctl")
+installed = pytest.mark.skipif(
+    not os.path.exists(EXE), reason="spiralctl is not installed in this environment"
+)
+
+
+def shell(command: str, **kwargs) -> subprocess.CompletedProcess:
+    """`command` in bash with pipefail, the installed spiralctl first on PATH."""
+    env = {**os.environ, "PATH": os.path.dirname(EXE) + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def count_compiled(monkeypatch) -> list[str]:
+    """The names of the programs tinygrad lowers from now on (in this process: PARALLEL=0)."""
+    import tinygrad.codegen as codegen
+    from tinygrad.helpers import ansistrip
+
+    names: list[str] = []
+    lower = codegen.do_to_program
+
+    def capture(ast, renderer):
+        program = lower(ast, renderer)
+        names.append(ansistrip(program.src[0].arg.name))
+        return program
+
+    monkeypatch.setattr(codegen, "do_to_program", capture)
+    return names

@@ -170,7 +170,7 @@ def test_existing_files_need_force(run):
 
 
 def test_installed_import_then_train(tmp_path):
-    from test_installed import EXE
+    from helpers import EXE
 
     if not os.path.exists(EXE):
         pytest.skip("spiralctl is not installed in this environment")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-
-EXE = shutil.which("spiralctl") or os.path.join(os.path.dirname(sys.executable), "spiralctl")
+from helpers import EXE
 
 
 def _run(*args, **kwargs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import lstm_numpy, lstm_numpy_lengths
+from helpers import count_compiled, lstm_numpy, lstm_numpy_lengths
 from tinygrad import Tensor
 
 from spiralctl.config import TrainConfig
@@ -249,23 +249,6 @@ def test_mixed_lengths_end_to_end(run):
     assert [row["points"] for row in rows] == list(load_dataset("d/test.safetensors").lengths)
 
 
-def _count_compiled(monkeypatch) -> list[str]:
-    """The names of the programs tinygrad lowers from now on (in this process: PARALLEL=0)."""
-    import tinygrad.codegen as codegen
-    from tinygrad.helpers import ansistrip
-
-    names: list[str] = []
-    lower = codegen.do_to_program
-
-    def capture(ast, renderer):
-        program = lower(ast, renderer)
-        names.append(ansistrip(program.src[0].arg.name))
-        return program
-
-    monkeypatch.setattr(codegen, "do_to_program", capture)
-    return names
-
-
 def test_training_on_mixed_lengths_and_its_validation_compile_one_forward_program(monkeypatch, tmp_path):
     """Every training batch runs the step compiled for the longest sequence, and validation (in
     chunks of that length) reuses its forward kernel: one forward program for the whole run."""
@@ -275,7 +258,7 @@ def test_training_on_mixed_lengths_and_its_validation_compile_one_forward_progra
     from spiralctl.data import DataConfig, generate, save_datasets
 
     save_datasets(tmp_path / "d", generate(DataConfig(sequences=80, length=13, min_length=3, seed=5)))
-    names = _count_compiled(monkeypatch)
+    names = count_compiled(monkeypatch)
     with Context(PARALLEL=0):
         config = TrainConfig(epochs=2, batch_size=16, hidden=3)
         commands.train(config, data_dir=tmp_path / "d", out=tmp_path / "r", device="cpu", plots=False)
@@ -288,7 +271,7 @@ def test_predicting_many_lengths_compiles_one_forward_program(monkeypatch):
     weights = _weights(3, seed=6)
     model = SpiralClassifier(ModelConfig(hidden=3), weights, "CPU")
     x, lengths = _ragged(50, 37, seed=6)
-    names = _count_compiled(monkeypatch)
+    names = count_compiled(monkeypatch)
     with Context(PARALLEL=0):
         got = Predictor(model, 8, chunk=9).logits(x, lengths)
     assert len(set(lengths)) > 20

@@ -5,33 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import installed, shell
 
 from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.data import DataConfig, generate, save_datasets
-
-EXE = shutil.which("spiralctl") or os.path.join(os.path.dirname(sys.executable), "spiralctl")
-installed = pytest.mark.skipif(
-    not os.path.exists(EXE), reason="spiralctl is not installed in this environment"
-)
-
-
-def _shell(command: str, **kwargs) -> subprocess.CompletedProcess:
-    """`command` in bash with pipefail, the installed spiralctl first on PATH."""
-    env = {**os.environ, "PATH": os.path.dirname(EXE) + os.pathsep + os.environ["PATH"]}
-    return subprocess.run(
-        ["bash", "-c", f"set -o pipefail; {command}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        **kwargs,
-    )
 
 
 @installed
@@ -39,7 +20,7 @@ def test_predict_into_a_pipe_that_closes_early(trained_run, tmp_path):
     """2000 rows are far more than a pipe holds: head's early exit breaks the pipe mid-output."""
     save_datasets(tmp_path / "many", generate(DataConfig(sequences=2500, length=6, seed=2)))
     checkpoint = trained_run / "best.safetensors"
-    result = _shell(f"spiralctl predict {checkpoint} {tmp_path}/many/train.safetensors --json | head -1")
+    result = shell(f"spiralctl predict {checkpoint} {tmp_path}/many/train.safetensors --json | head -1")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["points"] == 6 and result.stderr == ""
 
@@ -48,7 +29,7 @@ def test_predict_into_a_pipe_that_closes_early(trained_run, tmp_path):
 def test_training_goes_on_when_its_progress_pipe_closes(small_data, tmp_path):
     run = tmp_path / "run"
     args = f"--data {small_data} --out {run} --epochs 4 --hidden 4 --batch-size 32 --no-plots"
-    result = _shell(f"spiralctl train {args} --json-progress | head -1")
+    result = shell(f"spiralctl train {args} --json-progress | head -1")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["epoch"] == 1
     assert "Traceback" not in result.stderr and "error" not in result.stderr

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from test_pipes import _shell, installed
+from helpers import count_compiled, installed, shell
 
 from spiralctl import commands
 from spiralctl.errors import SpiralError
@@ -117,7 +117,7 @@ def test_an_output_file_appears_only_when_every_row_is_written(run, trained_run,
 @installed
 def test_installed_predict_streams_csv_into_a_pipe(trained_run, tmp_path):
     np.save(tmp_path / "many.npy", np.random.default_rng(0).standard_normal((40000, 5, 2)))
-    result = _shell(f"spiralctl predict {trained_run / 'best.safetensors'} {tmp_path / 'many.npy'} | head -3")
+    result = shell(f"spiralctl predict {trained_run / 'best.safetensors'} {tmp_path / 'many.npy'} | head -3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "sequence,points,probability,label" and lines[2].startswith("1,5,")
@@ -126,11 +126,10 @@ def test_installed_predict_streams_csv_into_a_pipe(trained_run, tmp_path):
 
 def test_a_stream_of_blocks_compiles_one_forward_program(monkeypatch, trained_run):
     """Blocks with other longest lengths and a short last block reuse the first block's program."""
-    from test_lengths import _count_compiled
     from tinygrad.helpers import Context
 
     _csv("many.csv", 23, length=lambda i: 2 + (7 * i) % 19)
-    names = _count_compiled(monkeypatch)
+    names = count_compiled(monkeypatch)
     with Context(PARALLEL=0):
         options = commands.InferenceOptions(batch_size=4, device="cpu")
         blocks = list(commands.predict_blocks(trained_run / "best.safetensors", "many.csv", options, block=6))

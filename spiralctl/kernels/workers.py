@@ -10,16 +10,15 @@ parent on Linux, and `stop_compile_workers` ends them without waiting on the poo
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import ctypes.util
 import multiprocessing
 import multiprocessing.pool
+import multiprocessing.util
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
-_registered: list[bool] = []  # stop_compile_workers registered to run at exit
 
 
 def _init_worker() -> None:
@@ -40,10 +39,13 @@ def start_compile_workers() -> None:
     if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
         return
     max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
-    worker.worker_pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
-    if not _registered:
-        atexit.register(stop_compile_workers)
-        _registered.append(True)
+    pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
+    # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: stop
+    # them our way at exit instead, also in a process that multiprocessing started (a tune
+    # worker), where atexit handlers do not run but these finalizers do
+    pool._terminate.cancel()
+    multiprocessing.util.Finalize(pool, stop_compile_workers, exitpriority=15)
+    worker.worker_pool = pool
 
 
 def stop_compile_workers() -> None:
