@@ -260,59 +260,80 @@ def _backward_kernel(
     return done.end(r).end(loops.outer).sink(arg=KernelInfo(name="lstm_backward", opts_to_apply=()))
 
 
-def _batch_dot(ids: itertools.count, j: UOp, out: UOp, partial: UOp, a: UOp, b_in: UOp) -> UOp:
-    """Row j of out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b]; a: [T, J, B],
-    b_in: [T', K, B].
+def _registers(size: int, ids: itertools.count) -> UOp:
+    """A kernel-local array of `size` floats (clang keeps it in registers when its indices are constants)."""
+    return UOp.placeholder((size,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
 
-    Each of the L lanes of partial[j, k, :] sums every L-th batch column (clang vectorises
-    that), then the lanes are added up: a weight gradient over all time steps at once.
+
+def _tile(size: int, *choices: int) -> int:
+    """The first of `choices` that divides `size` (1 when none does)."""
+    return next((c for c in choices if size % c == 0), 1)
+
+
+# a weight gradient's register tile: rows x columns of running sums, each `lanes` wide
+GRAD_ROWS, GRAD_COLS = (8, 4), (2,)
+
+
+def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_in: UOp, cols: int) -> UOp:
+    """Rows jo*rows .. +rows of out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b];
+    a: [T, J, B], b_in: [T', K, B].
+
+    A register-blocked product: for each tile of `cols` columns k, rows x cols running sums,
+    each a vector of L batch lanes, live in registers (REG placeholders, which clang keeps in
+    vector registers) over all T x B; each step of the (t, batch block) loop loads rows + cols
+    vectors and does rows x cols multiply-adds. The lanes are added up once per tile.
     """
     steps, _, batch = a.shape
-    cols, lanes = b_in.shape[1], partial.shape[2]
+    lanes = _lanes(batch)
 
-    def rng(size: int, axis: AxisType = AxisType.WEAK) -> UOp:
+    def rng(size: int, axis: AxisType = AxisType.LOOP) -> UOp:
         return UOp.range(size, next(ids), axis)
 
-    k = rng(cols)
+    ko = rng(b_in.shape[1] // cols)
+    sums = [_registers(lanes, ids) for _ in range(rows * cols)]
     li = rng(lanes)
-    acc = partial.after(partial[j, k, li].store(0.0).end(li).end(k))
-    # the columns k innermost (before the lanes): their running sums are independent
-    unroll = _unroll(steps)  # time steps per stored sum
-    t, bo, k = rng(steps // unroll, AxisType.REDUCE), rng(batch // lanes, AxisType.REDUCE), rng(cols)
-    li = rng(lanes)
+    zeroed = UOp.group(*(s.after(ko)[li].store(0.0) for s in sums)).end(li)
+    sums = [s.after(zeroed) for s in sums]
+    # the lanes are written out (UPCAST): clang then keeps each running sum in vector registers
+    # whatever the number of batch blocks (as a loop, only at a power of two)
+    t, bo, li = rng(steps, AxisType.REDUCE), rng(batch // lanes, AxisType.REDUCE), rng(lanes, AxisType.UPCAST)
     b = bo * lanes + li
-    terms = _terms(unroll, lambda u: a[t * unroll + u, j, b] * b_in[t * unroll + u, k, b])
-    acc = partial.after(acc[j, k, li].store(acc.after(t, bo)[j, k, li] + terms).end(li, k, bo, t))
-    k = rng(cols)
-    total = UOp.placeholder((1,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
-    total = total.after(acc, k)[0].set(0.0)
-    li = rng(lanes, AxisType.REDUCE)
-    total = total[0].set(total.after(li)[0] + acc[j, k, li], end=li)
-    return out[j, k].store(total[0]).end(k)
+    left = [a[t, jo * rows + r, b] for r in range(rows)]
+    right = [b_in[t, ko * cols + c, b] for c in range(cols)]
+    added = UOp.group(
+        *(s[li].store(s.after(t, bo)[li] + left[n // cols] * right[n % cols]) for n, s in enumerate(sums))
+    ).end(li, bo, t)
+    stores = []
+    for n, s in enumerate(sums):
+        total = UOp.placeholder((1,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
+        total = total.after(added)[0].set(0.0)
+        li = rng(lanes, AxisType.REDUCE)
+        total = total[0].set(total.after(li)[0] + s.after(added)[li], end=li)
+        stores.append(out[jo * rows + n // cols, ko * cols + n % cols].store(total[0]))
+    return UOp.group(*stores).end(ko)
 
 
-def _weight_gradient_kernel(
-    d_w_hh: UOp, partial_hh: UOp, d_w_in: UOp, partial_in: UOp, dz: UOp, hs: UOp, xa: UOp
-) -> UOp:
+def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp) -> UOp:
     """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b.
 
-    The gate rows j are the outermost (GLOBAL) loop: each row is independent work, split
+    Tiles of gate rows are the outermost (GLOBAL) loop: each is independent work, split
     between cores (spiralctl/kernels/threads.py)."""
     ids = itertools.count()
-    j = UOp.range(dz.shape[1], next(ids), AxisType.GLOBAL)
+    hidden4, hidden = dz.shape[1], hs.shape[1]
+    rows = _tile(hidden4, *GRAD_ROWS)
+    jo = UOp.range(hidden4 // rows, next(ids), AxisType.GLOBAL)
     both = UOp.group(
-        _batch_dot(ids, j, d_w_hh, partial_hh, dz, hs), _batch_dot(ids, j, d_w_in, partial_in, dz, xa)
+        _blocked_dot(ids, jo, rows, d_w_hh, dz, hs, _tile(hidden, *GRAD_COLS)),
+        _blocked_dot(ids, jo, rows, d_w_in, dz, xa, 1),
     )
-    return both.end(j).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
+    return both.end(jo).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
 
 
 def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
-    hidden4, lanes, device = dz.shape[1], _lanes(dz.shape[2]), dz.device
-    d_w_hh, _, d_w_in, *_ = Tensor.custom_kernel(
+    hidden4, device = dz.shape[1], dz.device
+    d_w_hh, d_w_in, *_ = Tensor.custom_kernel(
         Tensor.empty(hidden4, hs.shape[1], device=device),
-        Tensor.empty(hidden4, hs.shape[1], lanes, device=device),
         Tensor.empty(hidden4, xa.shape[1], device=device),
-        Tensor.empty(hidden4, xa.shape[1], lanes, device=device),
         dz,
         hs,
         xa,
