@@ -54,7 +54,7 @@ ROW_BLOCK = 32
 # re-read dz four times from L2)
 BACK_ROW_BLOCK = 128
 # terms added per stored running sum (each store waits on the load of the one before)
-UNROLL = 4
+UNROLL = 8
 
 
 def _unroll(size: int, most: int = 5) -> int:
