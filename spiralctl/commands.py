@@ -32,6 +32,7 @@ from spiralctl.devices import list_backends, resolve_device
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError, WriteFailed
 from spiralctl.inputs import read_blocks, read_sequences
 from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.programs import cached_programs, save_programs
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers
@@ -237,6 +238,21 @@ def _failure(exc: BaseException, run_dir: Path, config: TrainConfig) -> SpiralEr
     return None
 
 
+def _saving_programs(on_progress: ProgressCallback) -> ProgressCallback:
+    """`on_progress` that also saves the compiled programs after the first epoch (all of a
+    run's kernels exist by then), so that a run killed later still leaves them cached."""
+    saved = False
+
+    def forward(event: str, info: dict) -> None:
+        nonlocal saved
+        if event == "epoch" and not saved:
+            saved = True
+            save_programs()
+        on_progress(event, info)
+
+    return forward
+
+
 def train(
     config: TrainConfig,
     *,
@@ -301,7 +317,7 @@ def train(
                     write_metrics(run_dir, history)
                 if resume is not None and not continues:
                     _carry_best(resume, resume_path, source_dir, run_dir)
-                with cpu_threads(tinygrad_device) as threads:
+                with cpu_threads(tinygrad_device) as threads, cached_programs():
                     start_compile_workers()
                     result = fit(
                         train_set,
@@ -313,7 +329,7 @@ def train(
                         data_source=source,
                         threads=threads,
                         stop=stop,
-                        on_progress=on_progress,
+                        on_progress=_saving_programs(on_progress),
                     )
             except BaseException as exc:
                 if not continues and not isinstance(exc, Interrupted):
@@ -355,7 +371,7 @@ def train(
 
 @contextmanager
 def _predictor(model: SpiralClassifier, options: InferenceOptions) -> Iterator[Predictor]:
-    with cpu_threads(model.device):
+    with cpu_threads(model.device), cached_programs():
         start_compile_workers()
         yield Predictor(model, options.batch_size)
 

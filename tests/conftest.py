@@ -16,6 +16,18 @@ def pytest_configure(config):
     os.environ.setdefault("DEV", "CPU")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_program_cache_in_process():
+    """This process compiles for itself: tests count what tinygrad lowers, and programs loaded
+    from the on-disk cache (spiralctl/kernels/programs.py) would hide it. Subprocesses use the
+    cache; tests/test_programs.py switches it on where it tests it."""
+    from spiralctl.kernels import programs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(programs, "enabled", False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -9,4 +9,5 @@ layout    PackedBatch: the one buffer a step or a forward pass uploads
 staging   filling and reading device buffers without tinygrad's scheduler
 threads   the CPU kernels' slices on every core (entered explicitly: cpu_threads)
 workers   tinygrad's compile workers, proof against a process group's SIGTERM
+programs  finished programs kept on disk, so a new process generates no code it made before
 """
