@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import lstm_numpy
 from tinygrad import Tensor
 from tinygrad.runtime.ops_cpu import CPUProgram
 
 from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate
 from spiralctl.errors import SpiralError
+from spiralctl.kernels import threads
 from spiralctl.kernels.lstm import lstm
 from spiralctl.kernels.threads import available_cores, cpu_threads, thread_count, use_cpu_threads
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
@@ -95,3 +97,45 @@ def test_threads_are_on_only_inside_their_context(restore_threads):
     assert not [t for t in threading.enumerate() if t.name.startswith("spiralctl-kernel")]  # pool ended
     with cpu_threads("PYTHON") as threads:
         assert threads == 1 and not hasattr(CPUProgram.__call__, "__wrapped__")
+
+
+def test_wide_vectors_only_on_x86_with_avx512(monkeypatch):
+    monkeypatch.setattr(threads.platform, "machine", lambda: "aarch64")
+    assert threads.wide_vector_arch() is None
+    monkeypatch.setattr(threads.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(threads, "_has_avx512", lambda: False)
+    assert threads.wide_vector_arch() is None
+    monkeypatch.setattr(threads, "_has_avx512", lambda: True)
+    assert threads.wide_vector_arch() == "x86_64,native,prefer-vector-width=512"
+
+
+def test_cpu_kernels_compile_for_wide_vectors_inside_the_context(monkeypatch, restore_threads):
+    from tinygrad import Device
+
+    monkeypatch.setattr(threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
+    cpu = Device["CPU"]
+    before = cpu.renderer.target.arch
+    with cpu_threads("CPU"):
+        assert cpu.renderer.target.arch == "x86_64,native,prefer-vector-width=512"
+        assert "-mprefer-vector-width=512" in cpu.compiler.args
+        # the kernels still give the float64 reference's numbers (batch 20: a block of 16 and 4)
+        rng = np.random.default_rng(3)
+        shapes = [(20, 5, 2), (20, 2), (20, 5), (20,), (20,)]
+        arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
+        grad_h = rng.standard_normal((20, 5)).astype(np.float32)
+        h, d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _lstm_run(arrays, grad_h)
+        want_h, want = lstm_numpy(*arrays, grad_h)
+        np.testing.assert_allclose(h, want_h, atol=1e-5)
+        for got, name in ((d_x, "x"), (d_w_ih, "w_ih"), (d_w_hh, "w_hh"), (d_b_ih, "b"), (d_b_hh, "b")):
+            np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=name)
+    assert cpu.renderer.target.arch == before
+
+
+def test_a_cpu_target_in_dev_wins(monkeypatch, restore_threads):
+    from tinygrad import Device
+    from tinygrad.helpers import DEV, Target
+
+    monkeypatch.setattr(threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
+    monkeypatch.setattr(DEV, "_value", [Target(device="CPU", renderer="CLANG", arch="x86_64,native")])
+    with cpu_threads("CPU"):
+        assert Device["CPU"].renderer.target.arch == "x86_64,native"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -100,15 +101,55 @@ def is_cpu(device: str) -> bool:
     return device.split(":")[0].upper() == "CPU"
 
 
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and " avx512f" in line for line in info)
+    except OSError:
+        return False
+
+
+def wide_vector_arch() -> str | None:
+    """tinygrad's CPU target with clang told to use 512-bit vectors, on x86-64 with AVX-512.
+
+    clang's -march=native prefers 256-bit vectors even where the CPU has 512-bit ones; the
+    kernels' 16-lane running sums then take two registers each. With 512-bit vectors one step
+    at H = 128, B = 256 took 62-67 ms instead of 70. None where it does not apply.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx512():
+        return None
+    return "x86_64,native,prefer-vector-width=512"
+
+
+@contextmanager
+def wide_vectors(device: str) -> Iterator[None]:
+    """While inside, CPU kernels compile for 512-bit vectors where the CPU has them (unless the
+    DEV environment variable names a CPU target of its own)."""
+    from tinygrad import Device
+
+    arch = wide_vector_arch() if is_cpu(device) else None
+    if arch is None:
+        yield
+        return
+    cpu = Device[device]
+    before, cpu.arch = cpu.arch, arch
+    try:
+        yield
+    finally:
+        cpu.arch = before
+
+
 @contextmanager
 def cpu_threads(device: str) -> Iterator[int]:
-    """While inside, threaded CPU kernels run on thread_count() threads when `device` is the CPU;
-    yields the number of threads kernels on `device` run on. Leaving restores one thread."""
+    """While inside, threaded CPU kernels run on thread_count() threads when `device` is the CPU,
+    compiled for the widest vectors (`wide_vectors`); yields the number of threads kernels on
+    `device` run on. Leaving restores one thread."""
     if not is_cpu(device):
         yield 1
         return
     threads = use_cpu_threads()
     try:
-        yield threads
+        with wide_vectors(device):
+            yield threads
     finally:
         use_cpu_threads(1)
