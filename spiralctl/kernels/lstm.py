@@ -275,7 +275,7 @@ def _tile(size: int, *choices: int) -> int:
 
 
 # a weight gradient's register tile: rows x columns of running sums, each `lanes` wide
-GRAD_ROWS, GRAD_COLS = (8, 4), (2,)
+GRAD_ROWS, GRAD_COLS = (8, 4), (4, 2)
 
 
 def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_in: UOp, cols: int) -> UOp:
