@@ -78,6 +78,11 @@ def _threaded_call(original):
     return call
 
 
+def current_threads() -> int:
+    """The number of threads CPU kernels run on now (1 outside `cpu_threads`)."""
+    return _state["threads"]
+
+
 def use_cpu_threads(threads: int | None = None) -> int:
     """Split threaded CPU kernels over `threads` threads (default: thread_count()); returns
     the number in use. Safe to call again; 1 restores tinygrad's one-thread calls."""
