@@ -51,10 +51,10 @@ def _tanh(v: UOp) -> UOp:
 
 
 ROW_BLOCK = 32
-# backward's blocks of h rows: up to 128, so that one pass over the 4H rows of dz[t] (one L1-sized
-# stream per batch block) serves every row (H = 128: 35 -> 21 ms with blocks of 32, which
-# re-read dz four times from L2)
-BACK_ROW_BLOCK = 128
+# backward's blocks of h rows: up to 256, so that one pass over the 4H rows of dz[t] serves that
+# many rows (blocks of 32 re-read dz from L2 for every block: H = 128, B = 256: 35 -> 21 ms with
+# 128; H = 512, B = 128: 112 ms with 128, 82 with 256, 159 with 512)
+BACK_ROW_BLOCK = 256
 # terms added per stored running sum (each store waits on the load of the one before)
 UNROLL = 8
 
