@@ -75,7 +75,7 @@ class SpiralClassifier:
 
     def logits_packed(self, packed: Tensor, layout: PackedBatch, state: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of the sequences in a packed batch ([1, layout.size]) after its chunk of time
-        steps: the fused forward kernel and the head. state [2, H, B'] carries (h, c) from the
+        steps: the fused forward kernel and the head. state [2, H, B] carries (h, c) from the
         chunk before (when the packed start is above 0) to the next. Returns (logits, the state
         as the kernel left it)."""
         p, batch, length = self.parameters, layout.batch, layout.length

@@ -15,7 +15,6 @@ from tinygrad import Tensor, TinyJit
 
 from spiralctl.data import LABELS
 from spiralctl.kernels.layout import PackedBatch
-from spiralctl.kernels.lstm import padded_columns
 from spiralctl.kernels.staging import download, staging_tensor, upload
 from spiralctl.model import SpiralClassifier
 
@@ -54,7 +53,7 @@ class Predictor:
         if layout not in self._jits:
             device, hidden = self.model.device, self.model.config.hidden
             self._inputs[layout] = (staging_tensor((1, layout.size), device), layout.empty())
-            state = staging_tensor((2, hidden, padded_columns(layout.batch)), device)
+            state = staging_tensor((2, hidden, layout.batch), device)
 
             def forward(packed: Tensor) -> Tensor:
                 logits, carried = self.model.logits_packed(packed, layout, state)

@@ -31,9 +31,8 @@ from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import _columns, _offset, _row_start, step_gradients
 from spiralctl.model import PARAMETER_NAMES, ModelConfig, SpiralClassifier, init_parameters
 
-# (device, batch, steps, hidden): one column, odd sizes, several workgroups, a batch of 256 that the
-# CPU family's layout pads to 272 columns, 128 hidden units (512 gate rows) and 512 (one column per
-# workgroup of 512 threads)
+# (device, batch, steps, hidden): one column, odd sizes, several workgroups, a batch of 256,
+# 128 hidden units (512 gate rows) and 512 (one column per workgroup of 512 threads)
 LSTM_CASES = [
     ("PYTHON", 1, 2, 3),
     ("PYTHON", 6, 3, 8),
@@ -53,12 +52,9 @@ def test_recurrence_matches_numpy(device, batch, steps, hidden):
     grad_h = rng.standard_normal((batch, hidden)).astype(np.float32)
     x, w_ih, w_hh, b_ih, b_hh = (Tensor(a, device=device).contiguous().realize() for a in arrays)
     hs, cs, tanh_cs, gates, xa = gk.sequence_forward_gpu(x, w_ih, w_hh, b_ih, b_hh, batch, steps)[:5]
-    padded = hs.shape[2]
-    assert padded == batch + (16 if batch % 256 == 0 else 0)  # the CPU family's columns
-    dh_last = np.zeros((hidden, padded), np.float32)
-    dh_last[:, :batch] = grad_h.T
+    assert hs.shape[2] == batch  # one column per sequence, as in the CPU family
     dz, d_w_hh, d_w_in = gk.sequence_backward_gpu(
-        Tensor(dh_last, device=device), hs, cs, tanh_cs, gates, xa, w_hh
+        Tensor(np.ascontiguousarray(grad_h.T), device=device), hs, cs, tanh_cs, gates, xa, w_hh
     )
     Tensor.realize(hs, xa, dz, d_w_hh, d_w_in)
     h_ref, ref = lstm_numpy(*arrays, grad_h=grad_h)
@@ -226,7 +222,7 @@ LR = 0.01
 STEP_CASES = [
     ("PYTHON", 8, 3, 4, 5),
     cl(300, 5, 5, 257),  # the head: two columns per thread, the last ones masked
-    cl(256, 3, 32, 200),  # padded columns and masked rows; the kernels of the launch-size step
+    cl(256, 3, 32, 200),  # masked rows; the kernels of the launch-size step
     cl(48, 3, 128, 40),
 ]
 
@@ -316,7 +312,7 @@ def cl_launches() -> dict[str, tuple[tuple, tuple]]:
 
 @needs_cl
 def test_launch_sizes_on_opencl(cl_launches):
-    """At H = 32, B = 256 (272 columns): no kernel under 32 threads, the recurrences B x H or more."""
+    """At H = 32, B = 256: no kernel under 32 threads, the recurrences B x H or more."""
     sizes = cl_launches
     assert set(sizes) == GPU_KERNELS
     batch, hidden = LAUNCH_BATCH, LAUNCH_HIDDEN
@@ -325,7 +321,7 @@ def test_launch_sizes_on_opencl(cl_launches):
         assert math.prod(local_size) <= gk.MAX_BLOCK, name
     for name in ("lstm_forward_gpu", "lstm_backward_gpu"):
         assert _threads(*sizes[name]) >= batch * hidden, name
-        assert sizes[name] == ((34, 1, 1), (8, 32, 1)), name  # 34 tiles of 8 columns, 8 x 32 threads
+        assert sizes[name] == ((32, 1, 1), (8, 32, 1)), name  # 32 tiles of 8 columns, 8 x 32 threads
     assert _threads(*sizes["adam_gpu"]) == 4 * hidden * hidden  # one per element of W_hh
     # one workgroup per gate row, 16 threads sharing each output element's sum
     assert sizes["lstm_weight_grad_hh_gpu"] == ((4 * hidden, 1, 1), (16, hidden, 1))

@@ -22,7 +22,6 @@ from helpers import lstm_numpy
 from tinygrad import Tensor
 
 from spiralctl.kernels import gpu as gk
-from spiralctl.kernels.lstm import _batch_padding
 
 
 def lstm_numpy_lengths(x, lengths, w_ih, w_hh, b_ih, b_hh, grad_h):
@@ -67,8 +66,7 @@ def _problem(batch: int, steps: int, hidden: int, lengths: list[int], seed: int)
 
 
 # (device, batch, steps, hidden, lengths; rows after them have length 0): length 1, the full length,
-# ends in between, padding rows of length 0; on OpenCL several workgroups, and a batch of 256 that
-# the layout pads to 272 columns
+# ends in between, padding rows of length 0; on OpenCL several workgroups, and a batch of 256
 CASES = [
     ("PYTHON", 5, 4, 3, [4, 1, 2]),
     cl(32, 9, 12, [9, 1, 5, 3, 9, 2, 8, 1, 7, 4, 6] * 2 + [1, 9, 3]),
@@ -85,10 +83,8 @@ def test_each_sequence_ends_at_its_own_length(device, batch, steps, hidden, leng
     hs, cs, tanh_cs, gates, xa, state = gk.sequence_forward_gpu(
         packed, w_ih, w_hh, b_ih, b_hh, batch, steps, lengths=position
     )[:6]
-    padded = hs.shape[2]
-    assert padded == batch + _batch_padding(batch) and state.shape == (2, hidden, padded)
-    dh_last = np.zeros((hidden, padded), np.float32)
-    dh_last[:, :batch] = grad_h.T
+    assert hs.shape[2] == batch and state.shape == (2, hidden, batch)
+    dh_last = np.ascontiguousarray(grad_h.T)
     dz, d_w_hh, d_w_in = gk.sequence_backward_gpu(
         Tensor(dh_last, device=device), hs, cs, tanh_cs, gates, xa, w_hh
     )
@@ -154,8 +150,7 @@ def test_chunks_carry_the_state_as_one_call(device, batch, steps, chunks, hidden
         )
 
     # a scratch state full of garbage: the first chunk (start 0) must not read it
-    padded = batch + _batch_padding(batch)
-    state = Tensor.full((2, hidden, padded), np.nan, device=device).contiguous().realize()
+    state = Tensor.full((2, hidden, batch), np.nan, device=device).contiguous().realize()
     for k in range(chunks):
         state = forward(x[:, k * steps : (k + 1) * steps], k * steps, state)[5].realize()
     chunked = state.numpy()
@@ -175,8 +170,8 @@ LAUNCH_BATCH, LAUNCH_STEPS, LAUNCH_HIDDEN = 256, 3, 32
 
 @needs_cl
 def test_launch_sizes_with_lengths_on_opencl():
-    """Lengths change no launch: at H = 32, B = 256 (272 columns) no kernel under 32 threads, the
-    recurrences B x H or more, in 34 tiles of 8 columns x 32 units."""
+    """Lengths change no launch: at H = 32, B = 256 no kernel under 32 threads, the recurrences
+    B x H or more, in 32 tiles of 8 columns x 32 units."""
     batch, steps, hidden = LAUNCH_BATCH, LAUNCH_STEPS, LAUNCH_HIDDEN
     x, lengths, weights, grad_h = _problem(batch, steps, hidden, [3, 1, 2] * 85, seed=0)
     position = x.size + 2
@@ -200,7 +195,7 @@ def test_launch_sizes_with_lengths_on_opencl():
         assert math.prod(local_size) <= gk.MAX_BLOCK, name
     for name in ("lstm_forward_gpu", "lstm_backward_gpu"):
         assert _threads(*sizes[name]) >= batch * hidden, name
-        assert sizes[name] == ((34, 1, 1), (8, 32, 1)), name
+        assert sizes[name] == ((32, 1, 1), (8, 32, 1)), name
 
 
 @needs_gpu

@@ -36,7 +36,7 @@ def _reference_logits(x, lengths, weights):
     return (h @ weights["head.weight"].astype(np.float64).T + weights["head.bias"]).reshape(-1)
 
 
-# (batch, steps, hidden): one lane block, two, and a batch of 256 (the kernels pad it to 272 columns)
+# (batch, steps, hidden): one lane block, two, and a batch of 256 (16 blocks, in groups of 4)
 @pytest.mark.parametrize("batch, steps, hidden", [(5, 7, 3), (32, 11, 8), (256, 4, 6)])
 def test_kernels_mask_past_each_sequence_end(batch, steps, hidden):
     """Forward: h_T is h at each sequence's own last point; backward: the weight gradients are

@@ -11,7 +11,7 @@ from spiralctl.kernels.lstm import lstm
 
 # (batch, steps, hidden): batch 1, two steps, hidden sizes that are not powers of two; two blocks
 # of 16 batch columns with several blocks of gate rows and sums of 4 and 5 terms; and a batch of
-# 256, which the kernels pad to 272 columns
+# 256 (16 blocks, which the recurrent kernels take 4 at a time)
 SHAPES = [(1, 2, 3), (3, 5, 4), (6, 9, 5), (4, 3, 8), (2, 20, 7), (32, 10, 12), (256, 4, 40)]
 # the reference recurrence unrolls over time, which tinygrad schedules slowly: keep it short
 SHORT_SHAPES = [(1, 2, 3), (4, 3, 8)]

@@ -2,7 +2,7 @@
 
 The CPU family (kernels/lstm.py, step.py, adam.py) gives each thread a block of 16 batch columns
 and a whole recurrence, and runs the head and Adam as a single thread: right for clang's SIMD, a
-handful of threads on a GPU. This family keeps the same buffers, layouts (batch-last, [T, rows, B'])
+handful of threads on a GPU. This family keeps the same buffers, layouts (batch-last, [T, rows, B])
 and results, and spreads the work over threads instead:
 
 - forward / backward recurrence: one workgroup per tile of batch columns, one thread per (hidden
@@ -51,13 +51,13 @@ def _pow2_divisor(size: int, most: int) -> int:
     return tile
 
 
-def column_tile(padded: int, hidden: int) -> int:
+def column_tile(width: int, hidden: int) -> int:
     """Batch columns per workgroup of the recurrence kernels: hidden x tile threads, about BLOCK.
 
-    A power of two dividing the padded batch, so no workgroup holds a partial tile."""
+    A power of two dividing the batch, so no workgroup holds a partial tile."""
     if hidden > MAX_BLOCK:
         raise ValueError(f"hidden size {hidden} exceeds {MAX_BLOCK} threads per workgroup")
-    return _pow2_divisor(padded, max(1, BLOCK // hidden))
+    return _pow2_divisor(width, max(1, BLOCK // hidden))
 
 
 class _Ids:
@@ -125,7 +125,7 @@ def _forward_kernel_gpu(
 ) -> UOp:
     """Same buffers and results as spiralctl.kernels.lstm._forward_kernel.
 
-    buffers: the state [2, H, B'] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
+    buffers: the state [2, H, B] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
     Grid: one workgroup per tile of batch columns; block: hidden x tile threads, thread (n, column)
     owns unit n's four gate rows and its cell state for that column. h_t of the tile sits in local
     memory, double-buffered by the parity of t so that one barrier per step (the one tinygrad puts
@@ -140,29 +140,26 @@ def _forward_kernel_gpu(
     than reading xa's row, which another thread of the column writes.
     """
     state, (x, w_ih, b_ih, b_hh, w_hh) = (None, buffers) if lengths is None else (buffers[0], buffers[1:])
-    steps1, hidden, padded = hs.shape
+    steps1, hidden, width = hs.shape
     steps, inputs = steps1 - 1, xa.shape[1] - 1
-    tile = column_tile(padded, hidden)
+    tile = column_tile(width, hidden)
     ids = _Ids()
     x = x.flatten()
-    group = ids.range(padded // tile, AxisType.GLOBAL)
+    group = ids.range(width // tile, AxisType.GLOBAL)
     # the column first: it becomes the fastest thread index, so neighbouring threads touch neighbouring
-    # batch columns of the [.., rows, B'] buffers
+    # batch columns of the [.., rows, B] buffers
     col = ids.range(tile, AxisType.LOCAL)
     n = ids.range(hidden, AxisType.LOCAL)
     b = group * tile + col
-    real = None if padded == batch else b < batch
 
     def x_at(t: UOp, d: UOp | int) -> UOp:
-        value = x[_clamp(b, real) * (steps * inputs) + t * inputs + d]
-        return value if real is None else real.where(value, 0.0)
+        return x[b * (steps * inputs) + t * inputs + d]
 
     def inside_at(t: UOp) -> UOp | float:
         """1.0 where step t is inside column b's sequence (always without `lengths`), else 0.0."""
         if lengths is None:
             return 1.0
-        inside = (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + _clamp(b, real)]).where(1.0, 0.0)
-        return inside if real is None else real.where(inside, 0.0)
+        return (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + b]).where(1.0, 0.0)
 
     # xa (the weight gradients and backward read it): thread n writes rows n, n + H, ... of its column
     rows, per_thread = inputs + 1, -(-(inputs + 1) // hidden)
@@ -170,7 +167,7 @@ def _forward_kernel_gpu(
     r = n + j * hidden
     row_ok = None if per_thread * hidden == rows else r < rows
     value = (r < inputs).where(x_at(t, (r < inputs).where(r, 0)), inside_at(t))
-    copied = _flat(xa)[_gated((t * rows + r) * padded + b, row_ok)].store(value).end(j, t)
+    copied = _flat(xa)[_gated((t * rows + r) * width + b, row_ok)].store(value).end(j, t)
 
     h_local = ids.local((2, hidden, tile))
     if state is None:
@@ -242,11 +239,11 @@ def _backward_kernel_gpu(
     buffers. xa's last row (the forward kernel's) says whether step t is inside the sequence: past
     its end the gate gradients are 0 and dh and dc pass back unchanged.
     """
-    steps, hidden4, padded = dz.shape
+    steps, hidden4, width = dz.shape
     hidden, inputs = hidden4 // 4, xa.shape[1] - 1
-    tile = column_tile(padded, hidden)
+    tile = column_tile(width, hidden)
     ids = _Ids()
-    group = ids.range(padded // tile, AxisType.GLOBAL)
+    group = ids.range(width // tile, AxisType.GLOBAL)
     col = ids.range(tile, AxisType.LOCAL)
     n = ids.range(hidden, AxisType.LOCAL)
     b = group * tile + col
@@ -283,10 +280,10 @@ def _backward_kernel_gpu(
     return done.end(n, col, group).sink(arg=KernelInfo(name="lstm_backward_gpu", opts_to_apply=()))
 
 
-def weight_gradient_slices(padded: int, columns: int) -> int:
+def weight_gradient_slices(width: int, columns: int) -> int:
     """Threads that share one output element's sum over the batch: a power of two dividing the
-    padded batch, at most 16 and at most what leaves columns x slices within MAX_BLOCK."""
-    return _pow2_divisor(padded, max(1, min(16, MAX_BLOCK // columns)))
+    batch, at most 16 and at most what leaves columns x slices within MAX_BLOCK."""
+    return _pow2_divisor(width, max(1, min(16, MAX_BLOCK // columns)))
 
 
 def _batch_dot_kernel(out: UOp, a: UOp, b_in: UOp, *, name: str) -> UOp:
@@ -298,9 +295,9 @@ def _batch_dot_kernel(out: UOp, a: UOp, b_in: UOp, *, name: str) -> UOp:
     The batch sum of each time step is kept apart from the running total over time, which keeps
     float32 rounding near the CPU family's lane-split sums.
     """
-    steps, rows, padded = a.shape
+    steps, rows, width = a.shape
     columns = b_in.shape[1]
-    slices = weight_gradient_slices(padded, columns)
+    slices = weight_gradient_slices(width, columns)
     ids = _Ids()
     j = ids.range(rows, AxisType.GLOBAL)
     s = ids.range(slices, AxisType.LOCAL)
@@ -313,7 +310,7 @@ def _batch_dot_kernel(out: UOp, a: UOp, b_in: UOp, *, name: str) -> UOp:
         b = i * slices + s
         return a[t, j, b] * b_in[t, c, b]
 
-    inner = ids.total(padded // slices, term, outer, t)
+    inner = ids.total(width // slices, term, outer, t)
     partial = outer[0].set(outer.after(t)[0] + inner, end=t)[0]
     shared = ids.local((columns, slices))
     shared = shared.after(shared[c, s].store(partial))
@@ -431,17 +428,14 @@ def _head_loss_kernel(
 
 def _head_into_h_kernel(dh_last: UOp, per_sequence: UOp, w_head: UOp, *, batch: int) -> UOp:
     """dL/dh_T[n, b] = dL/dlogit[b] * w_head[n] (zero in padding columns): one thread per element."""
-    hidden, padded = dh_last.shape
-    tile = _pow2_divisor(padded, BLOCK)
+    hidden, width = dh_last.shape
+    tile = _pow2_divisor(width, BLOCK)
     ids = _Ids()
     n = ids.range(hidden, AxisType.GLOBAL)
-    group = ids.range(padded // tile, AxisType.GLOBAL)
+    group = ids.range(width // tile, AxisType.GLOBAL)
     col = ids.range(tile, AxisType.LOCAL)
     b = group * tile + col
-    if padded == batch:
-        into = per_sequence[0, b] * w_head[0, n]
-    else:
-        into = (b < batch).where(per_sequence[0, (b < batch).where(b, 0)] * w_head[0, n], 0.0)
+    into = per_sequence[0, b] * w_head[0, n]
     return (
         dh_last[n, b]
         .store(into)
@@ -465,12 +459,12 @@ def head_gpu(
     hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
 ) -> list[Tensor]:
     """Same arguments and return value as spiralctl.kernels.step._head: [out [1, 2] (mean masked loss, right
-    answers), dh_last: [H, B'], d_head: [H + 1], per_sequence: [3, B]].
+    answers), dh_last: [H, B], d_head: [H + 1], per_sequence: [3, B]].
 
     Differs in that it is three kernels (the loss, then dL/dh_T and the head gradients, which need
     every dL/dlogit), and returns only these four tensors, not the kernel's inputs after them.
     """
-    _, hidden, padded = hs.shape
+    _, hidden, width = hs.shape
     device = hs.device
     out, per_sequence, *_ = Tensor.custom_kernel(
         Tensor.empty(1, 2, device=device),
@@ -482,7 +476,7 @@ def head_gpu(
         fxn=functools.partial(_head_loss_kernel, batch=batch, offset=offset),
     )
     dh_last, *_ = Tensor.custom_kernel(
-        Tensor.empty(hidden, padded, device=device),
+        Tensor.empty(hidden, width, device=device),
         per_sequence,
         w_head,
         fxn=functools.partial(_head_into_h_kernel, batch=batch),

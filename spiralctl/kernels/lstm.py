@@ -70,13 +70,6 @@ def _terms(count: int, term) -> UOp:
     return sum((term(u) for u in range(1, count)), term(0))
 
 
-def _batch_padding(batch: int) -> int:
-    """Extra batch columns (zero sequences) that keep rows of the [.., rows, batch] buffers from
-    being a multiple of 512 bytes apart: at such strides the rows of a block compete for the
-    same L1 cache sets (forward at H = 32, B = 512: 50 ms unpadded, 18 ms padded)."""
-    return _lanes(batch) if batch % 256 == 0 else 0
-
-
 def _lanes(batch: int) -> int:
     """The innermost batch loop's length: clang turns it into SIMD when it is 8 or 16."""
     return math.gcd(batch, LANES)
@@ -130,16 +123,15 @@ def _forward_kernel(
     batch: int,
     lengths: int | None = None,
 ) -> UOp:
-    """hs, cs: [T+1, H, B'] (row 0 is the initial state); gates: [T, 4H, B'] after activation.
+    """hs, cs: [T+1, H, B] (row 0 is the initial state); gates: [T, 4H, B] after activation.
 
-    buffers: the state [2, H, B'] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
-    x holds the sequences [B, T, D] at the start of its buffer (B <= B' columns are real, the
-    rest padding). The kernel first copies them batch-last into xa: [T, D+1, B'], with a last
-    row that says whether step t is inside sequence b (1; the biases' input, for the weight
-    gradients) or past its end (0), and zeros in the padding columns; then W_ih, the summed
-    biases and W_hh give the gate pre-activations. Every statement runs over an innermost
-    loop of `lanes` batch columns, which clang vectorises; the pre-activations are summed in
-    place in `gates`.
+    buffers: the state [2, H, B] when `lengths` is given, then x, W_ih, b_ih, b_hh, W_hh.
+    x holds the sequences [B, T, D] at the start of its buffer. The kernel first copies them
+    batch-last into xa: [T, D+1, B], with a last row that says whether step t is inside
+    sequence b (1; the biases' input, for the weight gradients) or past its end (0); then W_ih,
+    the summed biases and W_hh give the gate pre-activations. Every statement runs over an
+    innermost loop of `lanes` batch columns, which clang vectorises; the pre-activations are
+    summed in place in `gates`.
 
     With `lengths` (a flat position in x's buffer), x holds each sequence's length at
     lengths + b and the time step of its first point, `start`, at lengths + B. Step t is
@@ -149,23 +141,18 @@ def _forward_kernel(
     a long sequence runs as chunks of T steps, one call each.
     """
     state, (x, w_ih, b_ih, b_hh, w_hh) = (None, buffers) if lengths is None else (buffers[0], buffers[1:])
-    steps1, hidden, padded = hs.shape
-    steps, loops = steps1 - 1, _Loops(padded)
+    steps1, hidden, _ = hs.shape
+    steps, loops = steps1 - 1, _Loops(batch)
     inputs = xa.shape[1] - 1
     x = x.flatten()
     t, d = loops.range(steps), loops.range(inputs)
     bi, b = loops.lane()
-    real = b if padded == batch else (b < batch).where(b, 0)
-    value = x[real * (steps * inputs) + t * inputs + d]
-    value = value if padded == batch else (b < batch).where(value, 0.0)
-    copied = xa[t, d, b].store(value).end(bi).end(d)
+    copied = xa[t, d, b].store(x[b * (steps * inputs) + t * inputs + d]).end(bi).end(d)
     bi, b = loops.lane()
     if lengths is None:
         inside = 1.0
     else:
-        real = b if padded == batch else (b < batch).where(b, 0)
-        inside = (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + real]).where(1.0, 0.0)
-        inside = inside if padded == batch else (b < batch).where(inside, 0.0)
+        inside = (t.cast(dtypes.float) + x[lengths + batch] < x[lengths + b]).where(1.0, 0.0)
     ones = xa[t, inputs, b].store(inside).end(bi)
     if state is None:
         first = loops.zero_row(0, hidden, hs, cs)
@@ -368,11 +355,6 @@ def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tenso
     return d_w_hh, d_w_in
 
 
-def padded_columns(batch: int) -> int:
-    """B': the batch columns of the kernels' buffers (the batch and padding columns)."""
-    return batch + _batch_padding(batch)
-
-
 def forward_through_time(
     forward_kernel,
     x: Tensor,
@@ -389,25 +371,26 @@ def forward_through_time(
     """A family's forward kernel over `batch` sequences of `steps` points at the start of x's
     buffer (weights in PyTorch's order, as `lstm`).
 
-    Returns hs, cs: [T+1, H, B'], tanh(c): [T, H, B'], activated gates: [T, 4H, B'] and the
-    inputs batch-last with a row of ones, xa: [T, D+1, B'] (B' = batch + padding columns).
+    Returns hs, cs: [T+1, H, B], tanh(c): [T, H, B], activated gates: [T, 4H, B] and the
+    inputs batch-last with a row of ones, xa: [T, D+1, B]. (Padding the batch to keep rows from
+    being a multiple of 512 bytes apart once helped the forward kernel; with the batch blocks
+    grouped (_group) it made every kernel slower: H = 128, B = 256: 51 -> 46 ms unpadded.)
 
     With `lengths` (the flat position in x's buffer of the lengths [B], followed by `start`,
     see PackedBatch), sequences end at their own lengths and xa's last row is 0 past the end;
-    `state` ([2, H, B'], a scratch buffer when not given) is then the initial (h, c) when start
+    `state` ([2, H, B], a scratch buffer when not given) is then the initial (h, c) when start
     is above 0, and receives (h_T, c_T): it is the sixth tensor returned.
     """
     hidden, inputs, device = w_hh.shape[1], w_ih.shape[1], x.device
-    padded = padded_columns(batch)
     outputs = [
-        Tensor.empty(steps + 1, hidden, padded, device=device),  # h_0 .. h_T
-        Tensor.empty(steps + 1, hidden, padded, device=device),  # c_0 .. c_T
-        Tensor.empty(steps, hidden, padded, device=device),  # tanh(c_1) .. tanh(c_T), for backward
-        Tensor.empty(steps, 4 * hidden, padded, device=device),  # activated gates, for backward
-        Tensor.empty(steps, inputs + 1, padded, device=device),  # the inputs, batch-last
+        Tensor.empty(steps + 1, hidden, batch, device=device),  # h_0 .. h_T
+        Tensor.empty(steps + 1, hidden, batch, device=device),  # c_0 .. c_T
+        Tensor.empty(steps, hidden, batch, device=device),  # tanh(c_1) .. tanh(c_T), for backward
+        Tensor.empty(steps, 4 * hidden, batch, device=device),  # activated gates, for backward
+        Tensor.empty(steps, inputs + 1, batch, device=device),  # the inputs, batch-last
     ]
     if lengths is not None:
-        outputs.append(Tensor.empty(2, hidden, padded, device=device) if state is None else state)
+        outputs.append(Tensor.empty(2, hidden, batch, device=device) if state is None else state)
     return Tensor.custom_kernel(
         *outputs,
         x,
@@ -431,11 +414,11 @@ def backward_through_time(
     xa: Tensor,
     w_hh: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Backward through time from dh_last: [H, B'], the gradient with respect to h_T, with a
+    """Backward through time from dh_last: [H, B], the gradient with respect to h_T, with a
     kernel family's backward kernel and weight-gradient function (this module's, or gpu.py's).
 
     xa's last row (1 inside a sequence, 0 past its end, as the forward kernel writes it) masks
-    the steps past each sequence's end. Returns dz: [T, 4H, B'] (the gate pre-activations'
+    the steps past each sequence's end. Returns dz: [T, 4H, B] (the gate pre-activations'
     gradients), dW_hh: [4H, H] and dW_in: [4H, D+1] (W_ih's gradient, with the biases' as its
     last column).
     """

@@ -43,10 +43,10 @@ def _head_kernel(
 
     packed holds the labels y[b] at `offset + b` and the mask at `offset + batch + b` (1 for a
     real sequence, 0 for padding). Writes out = [mean loss over real sequences, right
-    answers], d_head = [dL/dw_head (H), dL/db_head], dh_last: [H, B'] = dL/dh_T (zero in
-    padding columns); per_sequence: [3, B] is scratch (dL/dlogit, loss, right).
+    answers], d_head = [dL/dw_head (H), dL/db_head], dh_last: [H, B] = dL/dh_T (zero for
+    padding sequences); per_sequence: [3, B] is scratch (dL/dlogit, loss, right).
     """
-    _, hidden, padded = hs.shape
+    _, hidden, _ = hs.shape
     steps = hs.shape[0] - 1
     packed = packed.flatten()
     ids = itertools.count()
@@ -91,20 +91,19 @@ def _head_kernel(
     n = rng(hidden)
     weights = d_head[n].store(total(batch, lambda i: seq[0, i] * hs[steps, n, i], n, stored)).end(n)
     bias = d_head[hidden].store(total(batch, lambda i: seq[0, i], stored))
-    n, b = rng(hidden), rng(padded)
-    into = (b < batch).where(seq[0, (b < batch).where(b, 0)] * w_head[0, n], 0.0)
-    dh = dh_last[n, b].store(into).end(b, n)
+    n, b = rng(hidden), rng(batch)
+    dh = dh_last[n, b].store(seq[0, b] * w_head[0, n]).end(b, n)
     return UOp.group(results, weights, bias, dh).sink(arg=KernelInfo(name="lstm_head", opts_to_apply=()))
 
 
 def _head(
     hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
 ) -> list[Tensor]:
-    _, hidden, padded = hs.shape
+    _, hidden, _ = hs.shape
     device = hs.device
     return Tensor.custom_kernel(
         Tensor.empty(1, 2, device=device),
-        Tensor.empty(hidden, padded, device=device),
+        Tensor.empty(hidden, batch, device=device),
         Tensor.empty(hidden + 1, device=device),
         Tensor.empty(3, batch, device=device),
         hs,
