@@ -26,7 +26,7 @@ from spiralctl.trainer import Trainer
 @pytest.fixture(scope="module")
 def step_kernels(monkeypatch_module):
     """The ASTs of one training step's kernels (hidden 8, batch 128 = 8 blocks of 16 columns, which
-    the recurrent kernels take 4 at a time on one thread)."""
+    the recurrent kernels take 4 at a time; a step this small runs as one slice)."""
     captured: dict[str, UOp] = {}
     lower = codegen.do_to_program
 
@@ -55,9 +55,9 @@ def monkeypatch_module():
 @pytest.mark.parametrize("backend", ["CUDA", "METAL", "AMD"])
 def test_step_kernels_render_with_their_launch_grid(step_kernels, backend):
     grids = {
-        "lstm_forward": (2, 1, 1),
-        "lstm_backward": (2, 1, 1),
-        "lstm_weight_grad": (4, 1, 1),  # tiles of 8 of the 4H = 32 gate rows
+        "lstm_forward": (1, 1, 1),
+        "lstm_backward": (1, 1, 1),
+        "lstm_weight_grad": (1, 1, 1),
         "lstm_head": (1, 1, 1),
         "adam": (1, 1, 1),
     }

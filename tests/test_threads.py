@@ -11,7 +11,7 @@ from tinygrad.runtime.ops_cpu import CPUProgram
 from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate
 from spiralctl.errors import SpiralError
-from spiralctl.kernels import threads
+from spiralctl.kernels import threads as kernel_threads
 from spiralctl.kernels.lstm import lstm
 from spiralctl.kernels.threads import available_cores, cpu_threads, thread_count, use_cpu_threads
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
@@ -34,27 +34,32 @@ def _lstm_run(arrays, grad_h):
 def _train_run(threads):
     use_cpu_threads(threads)
     data = generate(DataConfig(sequences=60, length=6, seed=2))["train"]
-    config = ModelConfig(hidden=6)
+    config = ModelConfig(hidden=20)
     model = SpiralClassifier(config, init_parameters(config, seed=1), "CPU")
-    trainer = Trainer(model, TrainConfig(hidden=6, batch_size=48))
+    trainer = Trainer(model, TrainConfig(hidden=20, batch_size=48))
     mask = np.ones(48, np.float32)
     results = [np.array(trainer.step(data.x[:48], data.y[:48], mask)) for _ in range(2)]
     return results, model.state_dict()
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_give_the_same_bits_as_one(threads, restore_threads):
-    """Batch 48 = 3 blocks of 16 columns and 4H = 24 gradient rows: split evenly and unevenly."""
+def test_threads_give_the_same_bits_as_one(threads, restore_threads, monkeypatch):
+    """Batch 48 = 3 blocks of 16 columns and 4H = 80 gradient rows (10 tiles of 8): split evenly
+    and unevenly; B x 4H x H = 76800 multiply-adds a time step, enough to be split at all."""
     rng = np.random.default_rng(5)
-    shapes = [(48, 7, 2), (24, 2), (24, 6), (24,), (24,)]
+    shapes = [(48, 7, 2), (80, 2), (80, 20), (80,), (80,)]
     arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
-    grad_h = rng.standard_normal((48, 6)).astype(np.float32)
+    grad_h = rng.standard_normal((48, 20)).astype(np.float32)
     use_cpu_threads(1)
     single = _lstm_run(arrays, grad_h)
     use_cpu_threads(threads)
     assert hasattr(CPUProgram.__call__, "__wrapped__")
+    pool, handed = kernel_threads._state["pool"], []
+    submit = pool.submit
+    monkeypatch.setattr(pool, "submit", lambda *a: handed.append(a) or submit(*a))
     for a, b in zip(_lstm_run(arrays, grad_h), single):
         assert np.array_equal(a, b)
+    assert handed  # slices did run on the other threads
     (one_results, one_weights), (many_results, many_weights) = _train_run(1), _train_run(threads)
     for a, b in zip(one_results, many_results):
         assert np.array_equal(a, b)
@@ -100,19 +105,19 @@ def test_threads_are_on_only_inside_their_context(restore_threads):
 
 
 def test_wide_vectors_only_on_x86_with_avx512(monkeypatch):
-    monkeypatch.setattr(threads.platform, "machine", lambda: "aarch64")
-    assert threads.wide_vector_arch() is None
-    monkeypatch.setattr(threads.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(threads, "_has_avx512", lambda: False)
-    assert threads.wide_vector_arch() is None
-    monkeypatch.setattr(threads, "_has_avx512", lambda: True)
-    assert threads.wide_vector_arch() == "x86_64,native,prefer-vector-width=512"
+    monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "aarch64")
+    assert kernel_threads.wide_vector_arch() is None
+    monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: False)
+    assert kernel_threads.wide_vector_arch() is None
+    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: True)
+    assert kernel_threads.wide_vector_arch() == "x86_64,native,prefer-vector-width=512"
 
 
 def test_cpu_kernels_compile_for_wide_vectors_inside_the_context(monkeypatch, restore_threads):
     from tinygrad import Device
 
-    monkeypatch.setattr(threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
+    monkeypatch.setattr(kernel_threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
     cpu = Device["CPU"]
     before = cpu.renderer.target.arch
     with cpu_threads("CPU"):
@@ -135,7 +140,7 @@ def test_a_cpu_target_in_dev_wins(monkeypatch, restore_threads):
     from tinygrad import Device
     from tinygrad.helpers import DEV, Target
 
-    monkeypatch.setattr(threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
+    monkeypatch.setattr(kernel_threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
     monkeypatch.setattr(DEV, "_value", [Target(device="CPU", renderer="CLANG", arch="x86_64,native")])
     with cpu_threads("CPU"):
         assert Device["CPU"].renderer.target.arch == "x86_64,native"

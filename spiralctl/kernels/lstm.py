@@ -79,13 +79,31 @@ def _lanes(batch: int) -> int:
 GROUP_COLUMNS = 64
 
 
-def _group(batch: int) -> int:
+# multiply-adds of one time step (B x 4H x H) below which a step's kernels stay on one core: the
+# recurrence is sequential in time, and at the seed config's 32768 the handoff to a second
+# thread costs more than it saves (1.27 ms a step on 2 threads, 0.98 on one; at 131072 (H = 16,
+# B = 128 or H = 8, B = 512) two threads are 7-27% faster). All kernels of a step decide alike,
+# so that each reads what it needs from its own core's cache.
+PARALLEL_WORK = 65536
+
+
+def _threads(batch: int, hidden: int) -> int:
+    """The threads a step's kernels are split between (kernels/threads.py): 1 for small steps."""
+    return current_threads() if batch * 4 * hidden * hidden >= PARALLEL_WORK else 1
+
+
+def _split(batch: int, hidden: int) -> AxisType:
+    """The outermost loop's type: GLOBAL (slices run on several threads) or a plain loop."""
+    return AxisType.GLOBAL if _threads(batch, hidden) > 1 else AxisType.LOOP
+
+
+def _group(batch: int, hidden: int) -> int:
     """How many blocks of lanes the recurrent kernels' innermost loop spans: each weight they load
     then serves all of them (H = 512, B = 128: forward 115 -> 71 ms, backward 184 -> 110 ms with
     4 blocks instead of 1). The most, up to GROUP_COLUMNS columns, that leaves every thread
     (kernels/threads.py) the same number of groups."""
     lanes = _lanes(batch)
-    blocks, threads = batch // lanes, current_threads()
+    blocks, threads = batch // lanes, _threads(batch, hidden)
     fits = [g for g in (1, 2, 4, 8) if g * lanes <= GROUP_COLUMNS and blocks % (g * threads) == 0]
     return max(fits, default=1)
 
@@ -93,10 +111,10 @@ def _group(batch: int) -> int:
 class _Loops:
     """Numbers one kernel's ranges and splits its batch into outer blocks and inner SIMD lanes."""
 
-    def __init__(self, batch: int) -> None:
-        self.lanes = _lanes(batch) * _group(batch)
+    def __init__(self, batch: int, hidden: int) -> None:
+        self.lanes = _lanes(batch) * _group(batch, hidden)
         self._ids = itertools.count()
-        self.outer = self.range(batch // self.lanes, AxisType.GLOBAL)
+        self.outer = self.range(batch // self.lanes, _split(batch, hidden))
 
     def range(self, size: int, axis: AxisType = AxisType.WEAK) -> UOp:
         return UOp.range(size, next(self._ids), axis)
@@ -142,7 +160,7 @@ def _forward_kernel(
     """
     state, (x, w_ih, b_ih, b_hh, w_hh) = (None, buffers) if lengths is None else (buffers[0], buffers[1:])
     steps1, hidden, _ = hs.shape
-    steps, loops = steps1 - 1, _Loops(batch)
+    steps, loops = steps1 - 1, _Loops(batch, hidden)
     inputs = xa.shape[1] - 1
     x = x.flatten()
     t, d = loops.range(steps), loops.range(inputs)
@@ -225,7 +243,8 @@ def _backward_kernel(
     gradients are 0 and dh and dc pass back unchanged.
     """
     steps, hidden4, batch = dz.shape
-    hidden, loops = hidden4 // 4, _Loops(batch)
+    hidden = hidden4 // 4
+    loops = _Loops(batch, hidden)
     inputs = xa.shape[1] - 1
     k = loops.range(hidden)
     bi, b = loops.lane()
@@ -300,7 +319,9 @@ def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_i
     ko = rng(b_in.shape[1] // cols)
     sums = [_registers(lanes, ids) for _ in range(rows * cols)]
     li = rng(lanes)
-    zeroed = UOp.group(*(s.after(ko)[li].store(0.0) for s in sums)).end(li)
+    # after jo as well as ko: when jo is a plain loop (a small step, _split), a zeroing that did
+    # not name it would run once, outside it, and every tile after the first would add to the last
+    zeroed = UOp.group(*(s.after(jo, ko)[li].store(0.0) for s in sums)).end(li)
     sums = [s.after(zeroed) for s in sums]
     # clang keeps the running sums in vector registers when the lanes are a loop and the number
     # of batch blocks is a power of two; at other counts only when the lanes are written out
@@ -334,7 +355,7 @@ def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp)
     ids = itertools.count()
     hidden4, hidden = dz.shape[1], hs.shape[1]
     rows = _tile(hidden4, *GRAD_ROWS)
-    jo = UOp.range(hidden4 // rows, next(ids), AxisType.GLOBAL)
+    jo = UOp.range(hidden4 // rows, next(ids), _split(dz.shape[2], hidden))
     both = UOp.group(
         _blocked_dot(ids, jo, rows, d_w_hh, dz, hs, _tile(hidden, *GRAD_COLS)),
         _blocked_dot(ids, jo, rows, d_w_in, dz, xa, 1),
