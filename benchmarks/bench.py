@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -121,10 +122,13 @@ def bench_once(name: str, cfg: dict, data: Path, work: Path, peers: list[str]) -
     ]
     row: dict = {"config": name, **cfg}
     cache_db = work / name / "cache.db"
-    cache_db.unlink(missing_ok=True)  # cold means cold in every repetition
+    # cold means cold in every repetition: tinygrad's binaries and spiralctl's finished programs
+    for cached in (cache_db, *cache_db.parent.glob("spiralctl-programs-*")):
+        cached.unlink(missing_ok=True)
     env = {**os.environ, "CACHEDB": str(cache_db)}
     for cache in ("cold", "warm"):
         out_dir = work / name / f"run-{cache}"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a new run each repetition (--exist-ok keeps a run)
         _, wall, peak = run(
             [
                 *SPIRALCTL,
