@@ -144,3 +144,15 @@ def test_a_cpu_target_in_dev_wins(monkeypatch, restore_threads):
     monkeypatch.setattr(DEV, "_value", [Target(device="CPU", renderer="CLANG", arch="x86_64,native")])
     with cpu_threads("CPU"):
         assert Device["CPU"].renderer.target.arch == "x86_64,native"
+
+
+@pytest.mark.skipif(kernel_threads._mxcsr_functions() is None, reason="MXCSR is x86-64 only")
+def test_denormals_flush_to_zero_only_inside_the_context(restore_threads):
+    tiny = np.float32(1e-39)  # below float32's smallest normal number, 1.2e-38
+    assert tiny * np.float32(1.0) == tiny
+    with cpu_threads("CPU") as threads:
+        assert tiny * np.float32(1.0) == 0.0
+        if threads > 1:  # the kernel threads too
+            pool = kernel_threads._state["pool"]
+            assert pool.submit(lambda: float(tiny * np.float32(1.0))).result() == 0.0
+    assert tiny * np.float32(1.0) == tiny  # the caller's mode is back

@@ -16,8 +16,11 @@ context the application layer enters around its work on a device.
 from __future__ import annotations
 
 import ctypes
+import functools
+import mmap
 import os
 import platform
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -96,7 +99,9 @@ def use_cpu_threads(threads: int | None = None) -> int:
             _state["pool"].shutdown(wait=True)  # idle threads: ends at once
             _state["pool"] = None
         if threads > 1 and _state["pool"] is None:
-            _state["pool"] = ThreadPoolExecutor(threads - 1, thread_name_prefix="spiralctl-kernel")
+            _state["pool"] = ThreadPoolExecutor(
+                threads - 1, thread_name_prefix="spiralctl-kernel", initializer=_flush_denormals_here
+            )
         _state["threads"] = threads
         CPUProgram.__call__ = _threaded_call(original) if threads > 1 else original
     return threads
@@ -147,14 +152,71 @@ def wide_vectors(device: str) -> Iterator[None]:
 @contextmanager
 def cpu_threads(device: str) -> Iterator[int]:
     """While inside, threaded CPU kernels run on thread_count() threads when `device` is the CPU,
-    compiled for the widest vectors (`wide_vectors`); yields the number of threads kernels on
-    `device` run on. Leaving restores one thread."""
+    compiled for the widest vectors (`wide_vectors`), with denormal floats flushed to zero
+    (`flush_denormals`); yields the number of threads kernels on `device` run on. Leaving
+    restores one thread and the floating-point mode."""
     if not is_cpu(device):
         yield 1
         return
     threads = use_cpu_threads()
     try:
-        with wide_vectors(device):
+        with wide_vectors(device), flush_denormals():
             yield threads
     finally:
         use_cpu_threads(1)
+
+
+# x86-64 machine code (System V calling convention) for reading and writing this thread's SSE
+# control register, MXCSR: Python has no other way to reach it.
+#   get: stmxcsr [rsp-4]; mov eax, [rsp-4]; ret      set(edi): mov [rsp-4], edi; ldmxcsr [rsp-4]; ret
+_GET_MXCSR = bytes.fromhex("0fae5c24fc 8b4424fc c3".replace(" ", ""))
+_SET_MXCSR = bytes.fromhex("897c24fc 0fae5424fc c3".replace(" ", ""))
+FLUSH_TO_ZERO, DENORMALS_ARE_ZERO = 0x8000, 0x0040
+
+
+@functools.cache
+def _mxcsr_functions():
+    """(get, set) for MXCSR, or None where they cannot be had (not x86-64 System V, or a system
+    that refuses executable memory)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32":
+        return None
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    except (OSError, ValueError, AttributeError):
+        return None
+    page.write(_GET_MXCSR.ljust(32, b"\xcc") + _SET_MXCSR)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    get = ctypes.CFUNCTYPE(ctypes.c_uint32)(address)
+    put = ctypes.CFUNCTYPE(None, ctypes.c_uint32)(address + 32)
+    _keep.append(page)
+    return get, put
+
+
+_keep: list = []  # the code page lives as long as the process
+
+
+def _flush_denormals_here() -> int | None:
+    """Set flush-to-zero and denormals-are-zero on the calling thread; returns the mode before
+    (None where MXCSR cannot be reached)."""
+    functions = _mxcsr_functions()
+    if functions is None:
+        return None
+    get, put = functions
+    before = get()
+    put(before | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO)
+    return before
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """While inside, this thread (and the kernel threads, set when they start) treat floats below
+    1.2e-38 as zero, as XLA's CPU runtime does. Values that small arise in training (the cell
+    state's gradient shrinks by a forget gate each step back through time) and cost x86 CPUs a
+    microcode assist per operation: on 500-point sequences one training step took 35-60 ms with
+    them and 6.7 ms without. Leaving restores the thread's mode."""
+    before = _flush_denormals_here()
+    try:
+        yield
+    finally:
+        if before is not None:
+            _mxcsr_functions()[1](before)
