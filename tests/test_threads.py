@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 from helpers import lstm_numpy
@@ -31,25 +33,32 @@ def _lstm_run(arrays, grad_h):
     return [h.numpy()] + [t.grad.numpy() for t in tensors]
 
 
-def _train_run(threads):
+def _train_run(threads, batch, hidden):
     use_cpu_threads(threads)
-    data = generate(DataConfig(sequences=60, length=6, seed=2))["train"]
-    config = ModelConfig(hidden=20)
+    data = generate(DataConfig(sequences=2 * batch, length=6, seed=2))["train"]
+    config = ModelConfig(hidden=hidden)
     model = SpiralClassifier(config, init_parameters(config, seed=1), "CPU")
-    trainer = Trainer(model, TrainConfig(hidden=20, batch_size=48))
-    mask = np.ones(48, np.float32)
-    results = [np.array(trainer.step(data.x[:48], data.y[:48], mask)) for _ in range(2)]
+    trainer = Trainer(model, TrainConfig(hidden=hidden, batch_size=batch))
+    mask = np.ones(batch, np.float32)
+    lengths = 2 + np.arange(batch) % 5  # sequences of 2 to 6 points
+    results = [np.array(trainer.step(data.x[:batch], data.y[:batch], mask, lengths)) for _ in range(2)]
     return results, model.state_dict()
 
 
+# (batch, hidden): 48 = 3 blocks of 16 columns, so the recurrences split unevenly, and 4H = 80
+# gradient rows, 10 tiles of 8; 128 = 8 blocks, which 2 threads take in groups of 4 (3 threads:
+# one block each, unevenly). Both have B x 4H x H >= 65536 multiply-adds a time step, enough
+# to be split at all.
+SPLIT_SHAPES = [(48, 20), (128, 16)]
+
+
 @pytest.mark.parametrize("threads", [2, 3])
-def test_threads_give_the_same_bits_as_one(threads, restore_threads, monkeypatch):
-    """Batch 48 = 3 blocks of 16 columns and 4H = 80 gradient rows (10 tiles of 8): split evenly
-    and unevenly; B x 4H x H = 76800 multiply-adds a time step, enough to be split at all."""
+@pytest.mark.parametrize("batch, hidden", SPLIT_SHAPES)
+def test_threads_give_the_same_bits_as_one(threads, batch, hidden, restore_threads, monkeypatch):
     rng = np.random.default_rng(5)
-    shapes = [(48, 7, 2), (80, 2), (80, 20), (80,), (80,)]
+    shapes = [(batch, 7, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
     arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
-    grad_h = rng.standard_normal((48, 20)).astype(np.float32)
+    grad_h = rng.standard_normal((batch, hidden)).astype(np.float32)
     use_cpu_threads(1)
     single = _lstm_run(arrays, grad_h)
     use_cpu_threads(threads)
@@ -60,7 +69,8 @@ def test_threads_give_the_same_bits_as_one(threads, restore_threads, monkeypatch
     for a, b in zip(_lstm_run(arrays, grad_h), single):
         assert np.array_equal(a, b)
     assert handed  # slices did run on the other threads
-    (one_results, one_weights), (many_results, many_weights) = _train_run(1), _train_run(threads)
+    one_results, one_weights = _train_run(1, batch, hidden)
+    many_results, many_weights = _train_run(threads, batch, hidden)
     for a, b in zip(one_results, many_results):
         assert np.array_equal(a, b)
     for name in one_weights:
@@ -106,24 +116,31 @@ def test_threads_are_on_only_inside_their_context(restore_threads):
 
 def test_wide_vectors_only_on_x86_with_avx512(monkeypatch):
     monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "aarch64")
-    assert kernel_threads.wide_vector_arch() is None
+    assert kernel_threads.wide_vector_arch("arm64,native") is None
     monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: False)
-    assert kernel_threads.wide_vector_arch() is None
-    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: True)
-    assert kernel_threads.wide_vector_arch() == "x86_64,native,prefer-vector-width=512"
+    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: False)
+    assert kernel_threads.wide_vector_arch("x86_64,native") is None
+    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: True)
+    assert kernel_threads.wide_vector_arch("x86_64,native") == "x86_64,native,prefer-vector-width=512"
+    assert kernel_threads.wide_vector_arch("x86_64,znver4") == "x86_64,znver4,prefer-vector-width=512"
+    assert kernel_threads.wide_vector_arch("x86_64,native,prefer-vector-width=512") is None  # once
 
 
-def test_cpu_kernels_compile_for_wide_vectors_inside_the_context(monkeypatch, restore_threads):
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(
+    not X86 or not kernel_threads._has_avx512(), reason="512-bit vectors: x86-64 with AVX-512"
+)
+def test_cpu_kernels_compile_for_wide_vectors_inside_the_context(restore_threads):
     from tinygrad import Device
 
-    monkeypatch.setattr(kernel_threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
     cpu = Device["CPU"]
     before = cpu.renderer.target.arch
     with cpu_threads("CPU"):
-        assert cpu.renderer.target.arch == "x86_64,native,prefer-vector-width=512"
+        assert cpu.renderer.target.arch == f"{before},prefer-vector-width=512"
         assert "-mprefer-vector-width=512" in cpu.compiler.args
-        # the kernels still give the float64 reference's numbers (batch 20: a block of 16 and 4)
+        # the kernels still give the float64 reference's numbers (batch 20: 5 blocks of 4 lanes)
         rng = np.random.default_rng(3)
         shapes = [(20, 5, 2), (20, 2), (20, 5), (20,), (20,)]
         arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
@@ -140,7 +157,7 @@ def test_a_cpu_target_in_dev_wins(monkeypatch, restore_threads):
     from tinygrad import Device
     from tinygrad.helpers import DEV, Target
 
-    monkeypatch.setattr(kernel_threads, "wide_vector_arch", lambda: "x86_64,native,prefer-vector-width=512")
+    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: True)
     monkeypatch.setattr(DEV, "_value", [Target(device="CPU", renderer="CLANG", arch="x86_64,native")])
     with cpu_threads("CPU"):
         assert Device["CPU"].renderer.target.arch == "x86_64,native"

@@ -119,29 +119,44 @@ def _has_avx512() -> bool:
         return False
 
 
-def wide_vector_arch() -> str | None:
-    """tinygrad's CPU target with clang told to use 512-bit vectors, on x86-64 with AVX-512.
+WIDE_VECTORS = "prefer-vector-width=512"
+
+
+@functools.cache
+def _has_avx512_cached() -> bool:
+    return _has_avx512()
+
+
+def wide_vector_arch(arch: str) -> str | None:
+    """tinygrad's CPU target `arch` ("x86_64,native", ...) with clang told to use 512-bit vectors,
+    on x86-64 with AVX-512.
 
     clang's -march=native prefers 256-bit vectors even where the CPU has 512-bit ones; the
     kernels' 16-lane running sums then take two registers each. With 512-bit vectors one step
     at H = 128, B = 256 took 62-67 ms instead of 70. None where it does not apply.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx512():
+    if platform.machine().lower() not in ("x86_64", "amd64") or not arch.startswith("x86_64"):
         return None
-    return "x86_64,native,prefer-vector-width=512"
+    if WIDE_VECTORS in arch.split(",") or not _has_avx512_cached():
+        return None
+    return f"{arch},{WIDE_VECTORS}"
 
 
 @contextmanager
 def wide_vectors(device: str) -> Iterator[None]:
-    """While inside, CPU kernels compile for 512-bit vectors where the CPU has them (unless the
-    DEV environment variable names a CPU target of its own)."""
+    """While inside, CPU kernels compile for 512-bit vectors where the CPU has them: only with
+    tinygrad's clang renderer (its LLVM one takes no such flag), and not when the DEV environment
+    variable names a CPU target of its own."""
     from tinygrad import Device
+    from tinygrad.renderer.cstyle import ClangRenderer
 
-    arch = wide_vector_arch() if is_cpu(device) else None
+    cpu = Device[device] if is_cpu(device) else None
+    arch = None
+    if cpu is not None and cpu.arch and isinstance(cpu.renderer, ClangRenderer):
+        arch = wide_vector_arch(cpu.arch)
     if arch is None:
         yield
         return
-    cpu = Device[device]
     before, cpu.arch = cpu.arch, arch
     try:
         yield
