@@ -121,10 +121,9 @@ def bench_once(name: str, cfg: dict, data: Path, work: Path, peers: list[str]) -
         str(cfg["epochs"]),
     ]
     row: dict = {"config": name, **cfg}
-    cache_db = work / name / "cache.db"
-    # cold means cold in every repetition: tinygrad's binaries and spiralctl's finished programs
-    for cached in (cache_db, *cache_db.parent.glob("spiralctl-programs-*")):
-        cached.unlink(missing_ok=True)
+    # cold means cold in every repetition: a new folder for tinygrad's binaries (cache.db and its
+    # -wal, -shm) and spiralctl's finished programs
+    cache_db = Path(tempfile.mkdtemp(prefix="cache-", dir=work / name)) / "cache.db"
     env = {**os.environ, "CACHEDB": str(cache_db)}
     for cache in ("cold", "warm"):
         out_dir = work / name / f"run-{cache}"

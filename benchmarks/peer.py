@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spiralctl.data import Dataset, load_split, padded_batches
-from spiralctl.trainer import epoch_order
+from spiralctl.data import Dataset, epoch_order, load_split, padded_batches
 
 
 @dataclass

@@ -261,8 +261,8 @@ def _load_in_background(module: str) -> threading.Thread:
     def load() -> None:
         try:
             importlib.import_module(module)
-        except ImportError:
-            pass  # whoever needs it says so
+        except Exception:  # noqa: BLE001 - whoever needs the module imports it again and says why
+            pass
 
     thread = threading.Thread(target=load, name="spiralctl-import", daemon=True)
     thread.start()
@@ -323,41 +323,44 @@ def train(
     history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
     # matplotlib loads in the background while the kernels compile and train (0.4 s of a seed run)
     loading = _load_in_background("matplotlib.figure") if plots else None
-    with StopOnSignal() as stop:  # from here on a signal stops the run at a resumable point
-        created = False if continues else prepare_run_dir(run_dir, exist_ok)
-        for note in notes:
-            on_progress("note", {"message": note})
-        with run_lock(run_dir):
-            remove_temporaries(run_dir)  # what a killed run left half-written
-            try:
-                write_config(run_dir, run_options(config, data_dir, device))
-                if not continues or not metrics_hold(run_dir, history):
-                    write_metrics(run_dir, history)
-                if resume is not None and not continues:
-                    _carry_best(resume, resume_path, source_dir, run_dir)
-                with cpu_threads(tinygrad_device) as threads, cached_programs():
-                    start_compile_workers()
-                    result = fit(
-                        train_set,
-                        val_set,
-                        config,
-                        run_dir,
-                        tinygrad_device,
-                        resume=resume,
-                        data_source=source,
-                        threads=threads,
-                        stop=stop,
-                        on_progress=_saving_programs(on_progress),
-                    )
-            except BaseException as exc:
-                if loading is not None:
-                    loading.join()  # not left importing while the interpreter exits
-                if not continues and not isinstance(exc, Interrupted):
-                    remove_run(run_dir, created)
-                failure = _failure(exc, run_dir, config)
-                if failure is not None:
-                    raise failure from None
-                raise
+    try:
+        with StopOnSignal() as stop:  # from here on a signal stops the run at a resumable point
+            created = False if continues else prepare_run_dir(run_dir, exist_ok)
+            for note in notes:
+                on_progress("note", {"message": note})
+            with run_lock(run_dir):
+                remove_temporaries(run_dir)  # what a killed run left half-written
+                try:
+                    write_config(run_dir, run_options(config, data_dir, device))
+                    if not continues or not metrics_hold(run_dir, history):
+                        write_metrics(run_dir, history)
+                    if resume is not None and not continues:
+                        _carry_best(resume, resume_path, source_dir, run_dir)
+                    with cpu_threads(tinygrad_device) as threads, cached_programs():
+                        start_compile_workers()
+                        result = fit(
+                            train_set,
+                            val_set,
+                            config,
+                            run_dir,
+                            tinygrad_device,
+                            resume=resume,
+                            data_source=source,
+                            threads=threads,
+                            stop=stop,
+                            on_progress=_saving_programs(on_progress),
+                        )
+                except BaseException as exc:
+                    if not continues and not isinstance(exc, Interrupted):
+                        remove_run(run_dir, created)
+                    failure = _failure(exc, run_dir, config)
+                    if failure is not None:
+                        raise failure from None
+                    raise
+    except BaseException:
+        if loading is not None:
+            loading.join()  # not left importing while the interpreter exits
+        raise
     history = read_metrics(run_dir)
     best, last = run_dir / "best.safetensors", run_dir / "last.safetensors"
     summary = {
@@ -378,7 +381,7 @@ def train(
     if plots:
         from spiralctl.plots import PlotsUnavailable, training_plots
 
-        loading.join()
+        loading.join()  # the import lock makes plots wait anyway; this makes it explicit
 
         try:
             summary["plots"] = [str(path) for path in training_plots(history, run_dir)]

@@ -435,6 +435,11 @@ def load_training_data(data_dir: Path) -> TrainingData:
     return data
 
 
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so resume is exact."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def padded_batches(n: int, batch_size: int, order: np.ndarray | None = None):
     """Yield (index, count) with `index` always `batch_size` long; the tail repeats index 0.
 

@@ -22,7 +22,7 @@ from tinygrad import Tensor, TinyJit
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
 from spiralctl.config import TrainConfig
-from spiralctl.data import Dataset, padded_batches
+from spiralctl.data import Dataset, epoch_order, padded_batches
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
 from spiralctl.kernels.adam import BETAS, FusedAdam, adam_scalars
 from spiralctl.kernels.layout import PackedBatch
@@ -113,11 +113,6 @@ class Trainer:
             [state[f"{n}.exp_avg"] for n in PARAMETER_NAMES],
             [state[f"{n}.exp_avg_sq"] for n in PARAMETER_NAMES],
         )
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The shuffle of epoch `epoch`: a function of the seed and the epoch alone, so resume is exact."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from tinygrad import Tensor
 from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.config import TrainConfig
-from spiralctl.data import DataConfig, generate, padded_batches, save_datasets
+from spiralctl.data import DataConfig, epoch_order, generate, padded_batches, save_datasets
 from spiralctl.errors import SpiralError
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
 from spiralctl.predictor import bce_numpy
 from spiralctl.runs import next_run_dir
-from spiralctl.trainer import Trainer, epoch_order
+from spiralctl.trainer import Trainer
 
 
 def test_padded_batches_use_every_sequence_once():

@@ -160,6 +160,6 @@ def step_gradients(
 
 def step_bytes(layout: PackedBatch, hidden: int) -> int:
     """About how much memory one training step's buffers take (float32)."""
-    batch, steps, inputs = layout.batch + 16, layout.length, layout.inputs
+    batch, steps, inputs = layout.batch, layout.length, layout.inputs
     per_column = 3 * (steps + 1) * hidden + steps * (hidden + 8 * hidden + inputs + 1) + 2 * hidden
     return 4 * (batch * per_column + layout.size)
