@@ -134,6 +134,23 @@ def test_a_corrupt_or_foreign_file_is_ignored_and_replaced(cache_file, trained_r
     assert sorted(p.name for p in cache_file.parent.iterdir()) == [cache_file.name]
 
 
+def test_a_file_others_may_write_is_not_loaded(cache_file, trained_run):
+    """Unpickling runs code: a cache file that anyone but its owner may change is not read."""
+    _compiled_here(trained_run)
+    assert programs.save_programs() >= 5
+    assert programs._read(cache_file)
+    for mode in (0o664, 0o646):
+        cache_file.chmod(mode)
+        assert programs._read(cache_file) == [], oct(mode)
+    cache_file.chmod(0o600)
+    assert programs._read(cache_file)
+
+
+def test_the_file_name_names_this_machine():
+    assert programs._machine() in programs.file_name()
+    assert programs._machine() == programs._machine()
+
+
 def test_a_damaged_entry_is_skipped_the_others_load_and_the_next_write_drops_it(cache_file, trained_run):
     from tinygrad.codegen import to_program_cache
 

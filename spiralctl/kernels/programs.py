@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import platform
 import signal
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from pathlib import Path
 FORMAT = "spiralctl-programs/1"
 MAGIC = FORMAT.encode() + b"\n"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-MAX_ENTRIES = 512
+MAX_ENTRIES = 128  # loading costs about 1 ms an entry, on every run
 MAX_BYTES = 64 * 2**20
 STALE_SECONDS = 3600  # temporary files older than this are a killed writer's leftovers
 
@@ -78,16 +79,32 @@ def cache_path() -> Path | None:
     return Path(os.path.dirname(os.path.abspath(helpers.CACHEDB))) / file_name()
 
 
+def _machine() -> str:
+    """A short fingerprint of this CPU (model and instruction-set flags): the binaries are built
+    for it (-march=native), so a cache folder shared between machines keeps one file each."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))][:2]
+    except OSError:
+        lines = []
+    text = "".join(lines) or platform.processor() or platform.machine()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def file_name() -> str:
-    """The cache file's name: this format, tinygrad and Python version."""
+    """The cache file's name: this format, tinygrad and Python version, and the CPU."""
     tinygrad, python = _versions()
-    return f"spiralctl-programs-{FORMAT.rsplit('/', 1)[1]}-tinygrad-{tinygrad}-py{python}.pkl"
+    return f"spiralctl-programs-{FORMAT.rsplit('/', 1)[1]}-tinygrad-{tinygrad}-py{python}-{_machine()}.pkl"
 
 
 def _read(path: Path) -> list[tuple[bytes, bytes]]:
     """The file's (pickled key, pickled program) pairs; [] when it is missing or not ours."""
     try:
         with open(path, "rb") as handle:
+            # pickles run code when loaded: only a file this user owns and no one else may write
+            status = os.fstat(handle.fileno())
+            if hasattr(os, "getuid") and (status.st_uid != os.getuid() or status.st_mode & 0o022):
+                return []
             if handle.read(len(MAGIC)) != MAGIC:
                 return []
             digest = handle.read(32)
