@@ -174,3 +174,28 @@ def test_diverging_loss_stops_with_exit_code_1(tmp_path, small_data):
         )
     assert info.value.exit_code == 1
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_direct_replay_gives_the_jits_bits(monkeypatch):
+    """After the jit captures (its second call), steps run as direct program calls
+    (kernels/replay.py): losses and weights bit for bit those of tinygrad's own jitted calls."""
+    from spiralctl import trainer as trainer_module
+
+    data = generate(DataConfig(sequences=200, length=9, seed=4))["train"]
+    mask = np.ones(32, np.float32)
+
+    def run(replay: bool):
+        if not replay:
+            monkeypatch.setattr(trainer_module, "direct_replay", lambda *a: None)
+        config = ModelConfig(hidden=6)
+        model = SpiralClassifier(config, init_parameters(config, seed=3), "CPU")
+        trainer = Trainer(model, TrainConfig(hidden=6, batch_size=32))
+        losses = [trainer.step(data.x[i : i + 32], data.y[i : i + 32], mask) for i in range(0, 160, 32)]
+        return losses, model.state_dict(), bool(trainer._replays)
+
+    replayed, replayed_weights, used = run(replay=True)
+    jitted, jitted_weights, unused = run(replay=False)
+    assert used and not unused
+    assert replayed == jitted
+    for name in replayed_weights:
+        assert np.array_equal(replayed_weights[name], jitted_weights[name]), name
