@@ -1,6 +1,6 @@
 """GPU-shaped custom kernels for spiralctl's training step and inference.
 
-The CPU family (kernels/lstm.py, step.py, adam.py) gives each thread a block of 16 batch columns
+The CPU family (kernels/lstm.py, step.py, adam.py) gives each thread a group of batch columns
 and a whole recurrence, and runs the head and Adam as a single thread: right for clang's SIMD, a
 handful of threads on a GPU. This family keeps the same buffers, layouts (batch-last, [T, rows, B])
 and results, and spreads the work over threads instead:

@@ -25,7 +25,7 @@ from tinygrad.uop.ops import AxisType, KernelInfo
 from spiralctl.kernels.threads import current_threads
 
 IMPLEMENTATIONS = ("fused", "reference")
-LANES = 16  # batch columns per innermost loop
+LANES = 16  # batch columns per SIMD block (the recurrences' innermost loop spans up to 4 of them)
 
 
 def lstm_reference(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:

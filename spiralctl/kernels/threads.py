@@ -1,7 +1,9 @@
 """Run the slices of a threaded tinygrad CPU kernel on several cores at once.
 
-The fused kernels mark their outermost loop (independent blocks of the batch, or of the
-weight gradient's rows) as a GLOBAL axis. tinygrad's C renderer turns it into a `core_id`
+The fused kernels of a step big enough to split (kernels/lstm.py, `_split`) mark their
+outermost loop (independent groups of batch blocks, or tiles of the weight gradient's rows)
+as a GLOBAL axis; a small step's kernels keep it a plain loop and run on the calling thread.
+tinygrad's C renderer turns a GLOBAL axis into a `core_id`
 argument, and tinygrad 0.14's CPU runtime then calls the compiled function once per value,
 one after the other, on the calling thread. This module wraps that call so the values are
 split between worker threads: a ctypes call releases Python's interpreter lock, so the
@@ -10,7 +12,8 @@ result is the same in any order, and bit for bit the same as one thread.
 
 `SPIRALCTL_THREADS=N` sets the number of threads (default: the cores this process may use;
 1 turns the wrapping off). Nothing is wrapped until a caller asks: `cpu_threads(device)` is the
-context the application layer enters around its work on a device.
+context the application layer enters around its work on a device. Inside it, CPU kernels also
+compile for 512-bit vectors where the CPU has them and run with denormal floats flushed to zero.
 """
 
 from __future__ import annotations
