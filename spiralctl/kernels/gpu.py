@@ -134,7 +134,7 @@ def _forward_kernel_gpu(
 
     With `lengths` (a flat position in x's buffer: the lengths [B], then `start` at lengths + B),
     step t is inside sequence b when start + t < length[b]: xa's last row holds 1 there and 0 past
-    the end (and in padding columns), and past the end the thread carries its h and c unchanged.
+    the end, and past the end the thread carries its h and c unchanged.
     The initial (h, c) is zero when start is 0 and the state buffer's otherwise; each thread writes
     its (h_T, c_T) back to the state at the end. Each thread computes the mask from x itself rather
     than reading xa's row, which another thread of the column writes.
@@ -427,7 +427,7 @@ def _head_loss_kernel(
 
 
 def _head_into_h_kernel(dh_last: UOp, per_sequence: UOp, w_head: UOp, *, batch: int) -> UOp:
-    """dL/dh_T[n, b] = dL/dlogit[b] * w_head[n] (zero in padding columns): one thread per element."""
+    """dL/dh_T[n, b] = dL/dlogit[b] * w_head[n]: one thread per element."""
     hidden, width = dh_last.shape
     tile = _pow2_divisor(width, BLOCK)
     ids = _Ids()
