@@ -39,7 +39,7 @@ from pathlib import Path
 FORMAT = "spiralctl-programs/1"
 MAGIC = FORMAT.encode() + b"\n"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
-MAX_ENTRIES = 128  # loading costs about 1 ms an entry, on every run
+MAX_ENTRIES = 512  # loading costs about 1 ms an entry, on every run; a CLI run makes 5-20
 MAX_BYTES = 64 * 2**20
 STALE_SECONDS = 3600  # temporary files older than this are a killed writer's leftovers
 
