@@ -5,8 +5,8 @@ Usage: python benchmarks/step_time.py [--hidden 128] [--batch 256] [--length 50]
 
 Each repetition is a fresh process: spiralctl's step (its steady wall time per step over
 --steps steps after three warm-up steps; the median and minimum), then every kernel's own time
-from a second run with tinygrad's DEBUG=2 timings (each kernel waited for, so the sum is a
-little above the step), then, with --torch, PyTorch's nn.LSTM step on the same sizes. The
+from a second run with tinygrad's DEBUG=2 timings (every step through tinygrad's jit there, not
+the direct replay, each kernel waited for), then, with --torch, PyTorch's nn.LSTM step on the same sizes. The
 repetitions alternate the tools, so a machine that slows down for a while slows both.
 This is the measurement behind "kernel time" in benchmarks/RESULTS.md; it asserts nothing.
 """
@@ -27,10 +27,18 @@ KERNEL_LINE = re.compile(r"\*\*\* CPU\s+\d+\s+(\w+)\s.*?tm\s+([\d.]+)(us|ms)")
 
 
 def spiralctl_steps(hidden: int, batch: int, length: int, steps: int) -> list[float]:
+    import os
+
+    from spiralctl import trainer as trainer_module
     from spiralctl.config import TrainConfig
     from spiralctl.kernels.threads import cpu_threads
     from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
     from spiralctl.trainer import Trainer
+
+    if os.environ.get("DEBUG"):
+        # per-kernel timings: every step through tinygrad's jit, which prints each kernel's time
+        # (the direct replay of kernels/replay.py prints nothing)
+        trainer_module.direct_replay = lambda *args: None
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, length, 2)).astype(np.float32)
