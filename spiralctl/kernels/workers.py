@@ -17,6 +17,9 @@ import multiprocessing.pool
 import multiprocessing.util
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 PR_SET_PDEATHSIG = 1
 
@@ -31,6 +34,26 @@ def _init_worker() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@contextmanager
+def _ignored_by_new_processes(*signums: int) -> Iterator[None]:
+    """Processes started inside ignore `signums` from their first instruction: an ignored signal
+    stays ignored across exec, and Python then installs no handler of its own. (Without this, a
+    Ctrl-C to the process group while a worker was still importing tinygrad, before
+    `_init_worker` ran, printed the worker's KeyboardInterrupt traceback.) This process's own
+    signals are held meanwhile and delivered after, to its own handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def start_compile_workers() -> None:
     """Start tinygrad's worker pool (if it uses one and has none yet) with signal-proof workers."""
     from tinygrad.engine import worker
@@ -39,7 +62,8 @@ def start_compile_workers() -> None:
     if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
         return
     max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
-    pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
+    with _ignored_by_new_processes(signal.SIGINT, signal.SIGTERM):
+        pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
     # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: stop
     # them our way at exit instead, also in a process that multiprocessing started (a tune
     # worker), where atexit handlers do not run but these finalizers do
