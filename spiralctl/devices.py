@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import shutil
+import sqlite3
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -72,6 +73,18 @@ def _missing_driver(base: str) -> str | None:
     return None
 
 
+CACHE_PROBLEM = (
+    "tinygrad's kernel cache {path} cannot be opened ({error}); make its folder writable, "
+    "point CACHEDB at a file in a writable folder, or set CACHELEVEL=0"
+)
+
+
+def _cache_path() -> str:
+    from tinygrad.helpers import CACHEDB
+
+    return str(CACHEDB)
+
+
 def probe(device: str) -> tuple[bool, str]:
     """Can tinygrad open `device` here? Returns (ok, reason when not)."""
     base = device.split(":")[0].upper()
@@ -83,6 +96,8 @@ def probe(device: str) -> tuple[bool, str]:
 
     try:
         Device[device]
+    except sqlite3.OperationalError as exc:  # tinygrad opens its kernel cache as it sets a device up
+        return False, CACHE_PROBLEM.format(path=_cache_path(), error=exc)
     except Exception as exc:  # tinygrad raises many kinds when a runtime is missing
         text = str(exc).strip().splitlines()
         return False, (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:200]
@@ -132,6 +147,9 @@ def resolve_device(requested: str = "auto") -> str:
             for device in BACKENDS[backend][0]:
                 if probe(device)[0]:
                     return device
+        cpu_reason = probe("CPU")[1]
+        if "kernel cache" in cpu_reason:
+            raise SpiralError(f"auto: the CPU cannot be used: {cpu_reason}", option="device")
         raise SpiralError(
             "auto: no usable device found; " + BACKENDS["cpu"][1] + " (see `spiralctl devices`)",
             option="device",
@@ -151,5 +169,7 @@ def resolve_device(requested: str = "auto") -> str:
             return device
         reasons.append(f"{device}: {reason}")
     working = [d for b in AUTO_ORDER for d in BACKENDS[b][0] if probe(d)[0]]
+    if cache := next((reason for reason in reasons if "kernel cache" in reason), None):
+        raise SpiralError(f"{name} does not work here: {cache.split(': ', 1)[1]}", option="device")
     instead = f"use {{device}} {working[0].lower()}" if working else BACKENDS["cpu"][1]
     raise SpiralError(f"{name} does not work here ({'; '.join(reasons)}); {instead}", option="device")

@@ -306,3 +306,23 @@ def test_eval_min_accuracy_fails_the_run_below_the_bar(run, small_data, trained_
     result = run(*args, "--min-accuracy", min(1.0, accuracy + 0.01) if accuracy < 1 else 1.01)
     assert result.exit_code == 1
     assert "--min-accuracy" in result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_a_kernel_cache_that_cannot_be_opened_is_named(run, trained_run, small_data, monkeypatch, device):
+    """tinygrad opens its kernel cache (CACHEDB) as it sets a device up; a read-only cache folder
+    is not a missing clang."""
+    import sqlite3
+
+    from tinygrad import Device
+
+    def refuse(self, name):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(type(Device), "__getitem__", refuse)
+    checkpoint = trained_run / "best.safetensors"
+    result = run("eval", checkpoint, small_data / "val.safetensors", "--device", device)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --device")
+    assert "kernel cache" in lines[0] and "CACHELEVEL=0" in lines[0] and "install clang" not in lines[0]
