@@ -118,9 +118,9 @@ def test_wide_vectors_only_on_x86_with_avx512(monkeypatch):
     monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "aarch64")
     assert kernel_threads.wide_vector_arch("arm64,native") is None
     monkeypatch.setattr(kernel_threads.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: False)
+    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: False)
     assert kernel_threads.wide_vector_arch("x86_64,native") is None
-    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: True)
+    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: True)
     assert kernel_threads.wide_vector_arch("x86_64,native") == "x86_64,native,prefer-vector-width=512"
     assert kernel_threads.wide_vector_arch("x86_64,znver4") == "x86_64,znver4,prefer-vector-width=512"
     assert kernel_threads.wide_vector_arch("x86_64,native,prefer-vector-width=512") is None  # once
@@ -157,7 +157,7 @@ def test_a_cpu_target_in_dev_wins(monkeypatch, restore_threads):
     from tinygrad import Device
     from tinygrad.helpers import DEV, Target
 
-    monkeypatch.setattr(kernel_threads, "_has_avx512_cached", lambda: True)
+    monkeypatch.setattr(kernel_threads, "_has_avx512", lambda: True)
     monkeypatch.setattr(DEV, "_value", [Target(device="CPU", renderer="CLANG", arch="x86_64,native")])
     with cpu_threads("CPU"):
         assert Device["CPU"].renderer.target.arch == "x86_64,native"

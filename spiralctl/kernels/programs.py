@@ -36,6 +36,8 @@ from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 
+from spiralctl.kernels.threads import cpu_description
+
 FORMAT = "spiralctl-programs/1"
 MAGIC = FORMAT.encode() + b"\n"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -82,12 +84,7 @@ def cache_path() -> Path | None:
 def _machine() -> str:
     """A short fingerprint of this CPU (model and instruction-set flags): the binaries are built
     for it (-march=native), so a cache folder shared between machines keeps one file each."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))][:2]
-    except OSError:
-        lines = []
-    text = "".join(lines) or platform.processor() or platform.machine()
+    text = cpu_description() or platform.processor() or platform.machine()
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

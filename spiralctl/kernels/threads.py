@@ -114,20 +114,24 @@ def is_cpu(device: str) -> bool:
     return device.split(":")[0].upper() == "CPU"
 
 
-def _has_avx512() -> bool:
+@functools.cache
+def cpu_description() -> str:
+    """This CPU's model name and instruction-set flags, as /proc/cpuinfo gives them ("" where
+    there is none): read once per process."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and " avx512f" in line for line in info)
+            return "".join(
+                [line for line in info if line.startswith(("model name", "flags", "Features"))][:2]
+            )
     except OSError:
-        return False
+        return ""
+
+
+def _has_avx512() -> bool:
+    return any(line.startswith("flags") and " avx512f" in line for line in cpu_description().splitlines())
 
 
 WIDE_VECTORS = "prefer-vector-width=512"
-
-
-@functools.cache
-def _has_avx512_cached() -> bool:
-    return _has_avx512()
 
 
 def wide_vector_arch(arch: str) -> str | None:
@@ -138,9 +142,7 @@ def wide_vector_arch(arch: str) -> str | None:
     kernels' 16-lane running sums then take two registers each. With 512-bit vectors one step
     at H = 128, B = 256 took 62-67 ms instead of 70. None where it does not apply.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64") or not arch.startswith("x86_64"):
-        return None
-    if WIDE_VECTORS in arch.split(",") or not _has_avx512_cached():
+    if not arch.startswith("x86_64") or WIDE_VECTORS in arch.split(",") or not _has_avx512():
         return None
     return f"{arch},{WIDE_VECTORS}"
 
