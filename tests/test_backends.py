@@ -59,8 +59,8 @@ def step_kernels(monkeypatch_module):
 
 @pytest.fixture(scope="module")
 def split_step_kernels(monkeypatch_module):
-    """Hidden 16 on two threads: the recurrences take the 8 blocks 4 at a time (2 slices), the
-    weight gradients one slice per tile of 8 of the 64 gate rows."""
+    """Hidden 16 on two threads: the recurrences take the 8 blocks 2 at a time (4 slices, two for
+    each thread), the weight gradients one slice per tile of 8 of the 64 gate rows."""
     return _capture_step(monkeypatch_module, hidden=16, threads=2)
 
 
@@ -88,7 +88,7 @@ def test_step_kernels_render_with_their_launch_grid(step_kernels, backend):
 
 @pytest.mark.parametrize("backend", ["CUDA", "METAL", "AMD"])
 def test_split_step_kernels_launch_their_slices(split_step_kernels, backend):
-    grids = {"lstm_forward": (2, 1, 1), "lstm_backward": (2, 1, 1), "lstm_weight_grad": (8, 1, 1)}
+    grids = {"lstm_forward": (4, 1, 1), "lstm_backward": (4, 1, 1), "lstm_weight_grad": (8, 1, 1)}
     for name, grid in grids.items():
         source, global_size, _ = render(split_step_kernels[name], backend)
         assert name in source

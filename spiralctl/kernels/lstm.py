@@ -101,11 +101,18 @@ def _group(batch: int, hidden: int) -> int:
     """How many blocks of lanes the recurrent kernels' innermost loop spans: each weight they load
     then serves all of them (H = 512, B = 128: forward 115 -> 71 ms, backward 184 -> 110 ms with
     4 blocks instead of 1). The most, up to GROUP_COLUMNS columns, that leaves every thread
-    (kernels/threads.py) the same number of groups."""
+    (kernels/threads.py) the same number of groups.
+
+    With several threads, groups of at least half that width that give every thread two or more
+    of them come first: one group of 64 columns per thread (B = 128 on 2 threads) made the
+    backward kernel's time swing between 38 and 90 ms from step to step at H = 512, where two
+    groups of 32 each take 32-33 ms every step (AMD Zen 5; H = 128 to 512, B = 128: steps 10-27%
+    faster). Narrower groups are slower, so B = 64 keeps one group of 32 per thread."""
     lanes = _lanes(batch)
     blocks, threads = batch // lanes, _threads(batch, hidden)
     fits = [g for g in (1, 2, 4, 8) if g * lanes <= GROUP_COLUMNS and blocks % (g * threads) == 0]
-    return max(fits, default=1)
+    shared = [g for g in fits if threads > 1 and 2 * g * lanes >= GROUP_COLUMNS and blocks // (g * threads) >= 2]
+    return max(shared or fits, default=1)
 
 
 class _Loops:
