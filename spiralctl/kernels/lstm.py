@@ -111,7 +111,8 @@ def _group(batch: int, hidden: int) -> int:
     lanes = _lanes(batch)
     blocks, threads = batch // lanes, _threads(batch, hidden)
     fits = [g for g in (1, 2, 4, 8) if g * lanes <= GROUP_COLUMNS and blocks % (g * threads) == 0]
-    shared = [g for g in fits if threads > 1 and 2 * g * lanes >= GROUP_COLUMNS and blocks // (g * threads) >= 2]
+    wide = [g for g in fits if 2 * g * lanes >= GROUP_COLUMNS]
+    shared = [g for g in wide if threads > 1 and blocks // (g * threads) >= 2]
     return max(shared or fits, default=1)
 
 
