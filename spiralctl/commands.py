@@ -302,6 +302,8 @@ def train(
         check_resume(config, resume)  # before anything in a run folder is touched
     tinygrad_device = resolve_device(device)
     _check_fits_kernels(tinygrad_device, config.hidden)
+    # now, while this process has no other thread, so that the workers can be forked
+    start_compile_workers(tinygrad_device)
     train_set, val_set, source, warnings = _training_data(data_dir, config.seed)
     for warning in warnings:
         on_progress("warning", {"message": warning})
@@ -337,7 +339,6 @@ def train(
                     if resume is not None and not continues:
                         _carry_best(resume, resume_path, source_dir, run_dir)
                     with cpu_threads(tinygrad_device) as threads, cached_programs():
-                        start_compile_workers()
                         result = fit(
                             train_set,
                             val_set,
@@ -397,7 +398,7 @@ def train(
 @contextmanager
 def _predictor(model: SpiralClassifier, options: InferenceOptions) -> Iterator[Predictor]:
     with cpu_threads(model.device), cached_programs():
-        start_compile_workers()
+        start_compile_workers(model.device)
         yield Predictor(model, options.batch_size)
 
 

@@ -6,6 +6,12 @@ died, a compile in progress waited forever for their answer, and at exit the poo
 hung on a lock a dead worker held. Here the same pool is started with workers that ignore
 SIGTERM too (spiralctl itself finishes the step, saves and exits) and that die with their
 parent on Linux, and `stop_compile_workers` ends them without waiting on the pool's locks.
+
+On Linux, for the CPU, the workers are forked from spiralctl itself when it has no other thread
+yet: they start with tinygrad imported and its pattern matchers compiled (spawned ones import
+and compile them again, about 0.3 s each before their first kernel), which is a fifth of a cold
+seed run. Anywhere else (macOS, a GPU runtime opened in this process, a thread already running)
+they are spawned, as tinygrad does.
 """
 
 from __future__ import annotations
@@ -24,10 +30,18 @@ from contextlib import contextmanager
 PR_SET_PDEATHSIG = 1
 
 
+_inherited = None  # a forked worker's copy of its parent's kernel cache connection: never used
+
+
 def _init_worker() -> None:
+    global _inherited
+    from tinygrad import helpers
     from tinygrad.engine import worker
 
     worker._init_worker()
+    # a SQLite connection must not be used on both sides of a fork: a forked worker opens its own
+    # (the copy is kept, unused and unclosed, so that nothing of the parent's is released here)
+    _inherited, helpers._db_connection = helpers._db_connection, None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -54,16 +68,36 @@ def _ignored_by_new_processes(*signums: int) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def start_compile_workers() -> None:
-    """Start tinygrad's worker pool (if it uses one and has none yet) with signal-proof workers."""
+def _forkable(device: str | None) -> bool:
+    """Can the workers be forked from this process now (see the module's notes)?"""
+    from spiralctl.kernels.threads import is_cpu
+
+    return (
+        sys.platform.startswith("linux")
+        and device is not None
+        and is_cpu(device)
+        and threading.active_count() == 1
+        and "fork" in multiprocessing.get_all_start_methods()
+    )
+
+
+def start_compile_workers(device: str | None = None) -> None:
+    """Start tinygrad's worker pool (if it uses one and has none yet) with signal-proof workers,
+    forked where that is safe for kernels of `device` and spawned elsewhere."""
     from tinygrad.engine import worker
     from tinygrad.helpers import PARALLEL, getenv
 
     if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
         return
-    max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
     with _ignored_by_new_processes(signal.SIGINT, signal.SIGTERM):
-        pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
+        if _forkable(device):
+            for stream in (sys.stdout, sys.stderr):  # a child must not write out the parent's buffer
+                stream.flush()
+            # never replaced: a replacement would be forked while other threads run
+            pool = multiprocessing.get_context("fork").Pool(PARALLEL.value, _init_worker)
+        else:
+            max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
+            pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
     # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: stop
     # them our way at exit instead, also in a process that multiprocessing started (a tune
     # worker), where atexit handlers do not run but these finalizers do
