@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.programs import cached_programs, save_programs
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
-from spiralctl.kernels.workers import start_compile_workers
+from spiralctl.kernels.workers import start_compile_workers, while_compiling
 from spiralctl.model import SpiralClassifier
 from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
 from spiralctl.runs import (
@@ -255,18 +255,29 @@ def _saving_programs(on_progress: ProgressCallback) -> ProgressCallback:
     return forward
 
 
-def _load_in_background(module: str) -> threading.Thread:
-    """Import `module` (if it is installed) in a thread of its own; join the thread before use."""
+class _BackgroundImport:
+    """Imports `module` (if it is installed) in a thread of its own, started by `start()` at a
+    moment when the main thread waits (train: while the kernels compile; an import in a thread
+    holds Python's lock, and during the training loop it made the epochs it overlapped 15 times
+    slower). `join()` before use; a module never started is imported by whoever needs it."""
 
-    def load() -> None:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - whoever needs the module imports it again and says why
-            pass
+    def __init__(self, module: str) -> None:
+        self.module, self.thread = module, None
 
-    thread = threading.Thread(target=load, name="spiralctl-import", daemon=True)
-    thread.start()
-    return thread
+    def start(self) -> None:
+        def load() -> None:
+            try:
+                importlib.import_module(self.module)
+            except Exception:  # noqa: BLE001 - whoever needs the module imports it again and says why
+                pass
+
+        if self.thread is None:
+            self.thread = threading.Thread(target=load, name="spiralctl-import", daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
 
 
 def train(
@@ -323,8 +334,8 @@ def train(
     check_not_in_use(run_dir)
     continues = source_dir is not None and run_dir.resolve() == source_dir.resolve()
     history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
-    # matplotlib loads in the background while the kernels compile and train (0.4 s of a seed run)
-    loading = _load_in_background("matplotlib.figure") if plots else None
+    # matplotlib (0.4 s of a cold seed run) loads in the background while the kernels compile
+    loading = _BackgroundImport("matplotlib.figure") if plots else None
     try:
         with StopOnSignal() as stop:  # from here on a signal stops the run at a resumable point
             created = False if continues else prepare_run_dir(run_dir, exist_ok)
@@ -338,7 +349,8 @@ def train(
                         write_metrics(run_dir, history)
                     if resume is not None and not continues:
                         _carry_best(resume, resume_path, source_dir, run_dir)
-                    with cpu_threads(tinygrad_device) as threads, cached_programs():
+                    compiling = while_compiling(loading.start) if loading is not None else nullcontext()
+                    with cpu_threads(tinygrad_device) as threads, cached_programs(), compiling:
                         result = fit(
                             train_set,
                             val_set,

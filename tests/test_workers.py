@@ -103,3 +103,32 @@ def test_only_cpu_kernels_fork_their_workers():
     assert not _forkable(None)
     for device in ("CUDA", "AMD", "METAL", "CL", "PYTHON"):
         assert not _forkable(device), device
+
+
+def test_while_compiling_calls_back_once_as_several_kernels_compile():
+    import numpy as np
+    from tinygrad import Tensor
+    from tinygrad.engine import realize
+    from tinygrad.helpers import Context
+
+    from spiralctl.kernels.workers import while_compiling
+
+    def two_new_kernels(scale: float) -> list[float]:
+        a = Tensor(np.arange(4, dtype=np.float32))
+        total, peak = (a * scale).sum(), (a + scale).max()
+        Tensor.realize(total, peak)
+        return [total.item(), peak.item()]
+
+    calls = []
+    original = realize.get_worker_pool
+    with Context(PARALLEL=0):  # compiled in this process, as tinygrad does without workers
+        with while_compiling(lambda: calls.append(1)):
+            assert two_new_kernels(17.25) == [103.5, 20.25]
+            assert calls == [1]
+            assert two_new_kernels(17.25) == [103.5, 20.25]  # compiled already: nothing to wait for
+            assert two_new_kernels(-2.5) == [-15.0, 0.5]  # compiles again: called once only
+            assert calls == [1]
+        assert realize.get_worker_pool is original
+        with while_compiling(lambda: calls.append(2)):
+            two_new_kernels(17.25)  # all compiled: never called
+        assert calls == [1]

@@ -106,6 +106,29 @@ def start_compile_workers(device: str | None = None) -> None:
     worker.worker_pool = pool
 
 
+@contextmanager
+def while_compiling(callback) -> Iterator[None]:
+    """Inside, `callback()` runs once, as tinygrad is about to compile several kernels together:
+    the time this process spends waiting for its compile workers (tinygrad asks for its worker
+    pool only then), when work of its own costs the training loop nothing."""
+    from tinygrad.engine import realize
+
+    original, called = realize.get_worker_pool, False
+
+    def get_worker_pool():
+        nonlocal called
+        if not called:
+            called = True
+            callback()
+        return original()
+
+    realize.get_worker_pool = get_worker_pool
+    try:
+        yield
+    finally:
+        realize.get_worker_pool = original
+
+
 def stop_compile_workers() -> None:
     """End the workers without waiting on the pool's locks; safe to call when there are none.
 
