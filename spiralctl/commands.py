@@ -240,6 +240,18 @@ def _failure(exc: BaseException, run_dir: Path, config: TrainConfig) -> SpiralEr
     return None
 
 
+def _training_started(on_progress: ProgressCallback, hook) -> ProgressCallback:
+    """`on_progress` that ends `while_compiling`'s hook at the first step done: after it, a
+    compile (validation's kernels) would start the import in the middle of the epochs."""
+
+    def forward(event: str, info: dict) -> None:
+        if event == "batch" and hook is not None:
+            hook.done()
+        on_progress(event, info)
+
+    return forward
+
+
 def _saving_programs(on_progress: ProgressCallback) -> ProgressCallback:
     """`on_progress` that also saves the compiled programs after the first epoch (all of a
     run's kernels exist by then), so that a run killed later still leaves them cached."""
@@ -313,8 +325,6 @@ def train(
         check_resume(config, resume)  # before anything in a run folder is touched
     tinygrad_device = resolve_device(device)
     _check_fits_kernels(tinygrad_device, config.hidden)
-    # now, while this process has no other thread, so that the workers can be forked
-    start_compile_workers(tinygrad_device)
     train_set, val_set, source, warnings = _training_data(data_dir, config.seed)
     for warning in warnings:
         on_progress("warning", {"message": warning})
@@ -334,6 +344,8 @@ def train(
     check_not_in_use(run_dir)
     continues = source_dir is not None and run_dir.resolve() == source_dir.resolve()
     history = resume_history(source_dir, run_dir, resume.epoch, resume.metrics) if resume else []
+    # before any thread starts, so that the workers can be forked
+    start_compile_workers(tinygrad_device)
     # matplotlib (0.4 s of a cold seed run) loads in the background while the kernels compile
     loading = _BackgroundImport("matplotlib.figure") if plots else None
     try:
@@ -350,7 +362,7 @@ def train(
                     if resume is not None and not continues:
                         _carry_best(resume, resume_path, source_dir, run_dir)
                     compiling = while_compiling(loading.start) if loading is not None else nullcontext()
-                    with cpu_threads(tinygrad_device) as threads, cached_programs(), compiling:
+                    with cpu_threads(tinygrad_device) as threads, cached_programs(), compiling as hook:
                         result = fit(
                             train_set,
                             val_set,
@@ -361,7 +373,7 @@ def train(
                             data_source=source,
                             threads=threads,
                             stop=stop,
-                            on_progress=_saving_programs(on_progress),
+                            on_progress=_saving_programs(_training_started(on_progress, hook)),
                         )
                 except BaseException as exc:
                     if not continues and not isinstance(exc, Interrupted):

@@ -52,8 +52,12 @@ def test_cpu_workers_are_forked_compile_right_and_write_their_own_cache(tmp_path
     cache = tmp_path / "cache.db"
     result = _python(
         """
-        start_compile_workers(resolve_device("cpu"))
+        from tinygrad import helpers
+        device = resolve_device("cpu")
+        opened = helpers._db_connection  # the device's set-up used tinygrad's kernel cache
+        start_compile_workers(device)
         pool = worker.worker_pool
+        reopened = helpers._db_connection is None or helpers._db_connection is not opened
         before = cached_binaries()
         values = two_kernels(0.5)
         processes = list(pool._pool)
@@ -64,18 +68,20 @@ def test_cpu_workers_are_forked_compile_right_and_write_their_own_cache(tmp_path
             "alive": [p.is_alive() for p in processes],
             "pool": worker.worker_pool is None,
             "new binaries": cached_binaries() - before,
+            "reopened": reopened and opened is not None,
         }))
         """,
         cache,
     )
     assert result["method"] == "fork"
     # 2x+1 summed over 0.5 .. 7.5, and 7.5 - 3, as numpy gives them
-    x = sorted(range(8))
-    assert result["values"] == [sum(2 * (v + 0.5) + 1 for v in x), 7.5 - 3]
+    assert result["values"] == [sum(2 * (v + 0.5) + 1 for v in range(8)), 7.5 - 3]
     assert result["alive"] == [False, False] and result["pool"]
     # the workers wrote the binaries they compiled into tinygrad's cache, each through a
     # connection of its own
     assert result["new binaries"] == 2
+    # and this process closed its own before the fork, to open it again when it next needs it
+    assert result["reopened"]
 
 
 def test_workers_are_spawned_when_another_thread_runs(tmp_path):
@@ -105,30 +111,101 @@ def test_only_cpu_kernels_fork_their_workers():
         assert not _forkable(device), device
 
 
-def test_while_compiling_calls_back_once_as_several_kernels_compile():
+class _SerialPool:
+    """Stands in for tinygrad's worker pool: compiles in this process, in order."""
+
+    def imap_unordered(self, function, tasks):
+        return map(function, tasks)
+
+
+def _two_new_kernels(scale: float) -> list[float]:
     import numpy as np
     from tinygrad import Tensor
+
+    a = Tensor(np.arange(4, dtype=np.float32))
+    total, peak = (a * scale).sum(), (a + scale).max()
+    Tensor.realize(total, peak)
+    return [total.item(), peak.item()]
+
+
+def test_while_compiling_calls_back_once_as_kernels_compile_in_workers(monkeypatch):
     from tinygrad.engine import realize
-    from tinygrad.helpers import Context
 
     from spiralctl.kernels.workers import while_compiling
 
-    def two_new_kernels(scale: float) -> list[float]:
-        a = Tensor(np.arange(4, dtype=np.float32))
-        total, peak = (a * scale).sum(), (a + scale).max()
-        Tensor.realize(total, peak)
-        return [total.item(), peak.item()]
-
+    monkeypatch.setattr(realize, "get_worker_pool", lambda: _SerialPool())
     calls = []
-    original = realize.get_worker_pool
-    with Context(PARALLEL=0):  # compiled in this process, as tinygrad does without workers
-        with while_compiling(lambda: calls.append(1)):
-            assert two_new_kernels(17.25) == [103.5, 20.25]
-            assert calls == [1]
-            assert two_new_kernels(17.25) == [103.5, 20.25]  # compiled already: nothing to wait for
-            assert two_new_kernels(-2.5) == [-15.0, 0.5]  # compiles again: called once only
-            assert calls == [1]
-        assert realize.get_worker_pool is original
-        with while_compiling(lambda: calls.append(2)):
-            two_new_kernels(17.25)  # all compiled: never called
+    with while_compiling(lambda: calls.append(1)):
+        assert _two_new_kernels(17.25) == [103.5, 20.25]
         assert calls == [1]
+        assert _two_new_kernels(17.25) == [103.5, 20.25]  # compiled already: nothing to wait for
+        assert _two_new_kernels(-2.5) == [-15.0, 0.5]  # compiles again: called once only
+        assert calls == [1]
+    assert isinstance(realize.get_worker_pool(), _SerialPool)  # put back
+
+    with while_compiling(lambda: calls.append(2)) as hook:
+        hook.done()  # say, training started with every kernel cached
+        assert _two_new_kernels(3.5) == [21.0, 6.5]
+    assert calls == [1]
+
+    def fails():
+        raise RuntimeError("can't start new thread")
+
+    with pytest.raises(KeyError), while_compiling(fails):  # the callback's error is not the compile's
+        assert _two_new_kernels(5.5) == [33.0, 8.5]
+        raise KeyError("the block's own error")
+    assert isinstance(realize.get_worker_pool(), _SerialPool)  # put back after an error too
+
+
+def test_while_compiling_waits_for_workers_only(monkeypatch):
+    from tinygrad.engine import realize
+
+    from spiralctl.kernels.workers import while_compiling
+
+    monkeypatch.setattr(realize, "get_worker_pool", lambda: None)  # PARALLEL=0: compiled here
+    calls = []
+    with while_compiling(lambda: calls.append(1)):
+        assert _two_new_kernels(9.25) == [55.5, 12.25]
+    assert calls == []
+
+
+def test_workers_tinygrad_terminates_after_a_ctrl_c_are_killed_and_the_process_exits(tmp_path):
+    # tinygrad's own answer to a Ctrl-C during a compile is to terminate its pool; ours ignore
+    # SIGTERM, and once waited forever at exit
+    result = _python(
+        """
+        from tinygrad.engine import realize
+        start_compile_workers(resolve_device("cpu"))
+        processes = list(worker.worker_pool._pool)
+        realize.terminate_worker_pool()
+        stop_compile_workers()
+        print(json.dumps({"alive": [p.is_alive() for p in processes], "pool": worker.worker_pool}))
+        """,
+        tmp_path / "cache.db",
+    )
+    assert result == {"alive": [False, False], "pool": None}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_a_forked_worker_that_dies_is_not_forked_again(tmp_path):
+    # (its queue lock may have died with it, so the pool may be of no further use: a fork from the
+    # pool's thread while others run could deadlock the new worker as well)
+    result = _python(
+        """
+        import os, signal, time
+        start_compile_workers(resolve_device("cpu"))
+        pool = worker.worker_pool
+        first = pool._pool[0]
+        os.kill(first.pid, signal.SIGKILL)
+        first.join()
+        deadline = time.monotonic() + 1.0  # the pool's thread looks at its workers every 0.1 s
+        while time.monotonic() < deadline and first in pool._pool:
+            time.sleep(0.05)
+        methods = [p._popen.method if hasattr(p, "_popen") else type(p).__name__ for p in pool._pool]
+        stop_compile_workers()
+        print(json.dumps({"methods": methods, "alive": [p.is_alive() for p in pool._pool]}))
+        """,
+        tmp_path / "cache.db",
+    )
+    assert sorted(result["methods"]) == ["_Gone", "fork"]
+    assert result["alive"] == [False, False]

@@ -7,11 +7,13 @@ hung on a lock a dead worker held. Here the same pool is started with workers th
 SIGTERM too (spiralctl itself finishes the step, saves and exits) and that die with their
 parent on Linux, and `stop_compile_workers` ends them without waiting on the pool's locks.
 
-On Linux, for the CPU, the workers are forked from spiralctl itself when it has no other thread
-yet: they start with tinygrad imported and its pattern matchers compiled (spawned ones import
-and compile them again, about 0.3 s each before their first kernel), which is a fifth of a cold
-seed run. Anywhere else (macOS, a GPU runtime opened in this process, a thread already running)
-they are spawned, as tinygrad does.
+On Linux, for the CPU, the workers are forked from spiralctl itself while it runs no other
+Python thread and has opened no other device: they start with tinygrad imported and its pattern
+matchers compiled (spawned ones import and compile them again, about 0.3 s each before their
+first kernel), which is a fifth of a cold seed run. A worker that dies is not replaced (a fork
+then would happen while other threads run). Anywhere else (macOS, a
+GPU, a thread already running) they are spawned, as tinygrad does. (Native threads, such as
+OpenBLAS's pool, handle a fork themselves.)
 """
 
 from __future__ import annotations
@@ -24,28 +26,64 @@ import multiprocessing.util
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 PR_SET_PDEATHSIG = 1
 
 
-_inherited = None  # a forked worker's copy of its parent's kernel cache connection: never used
-
-
-def _init_worker() -> None:
-    global _inherited
-    from tinygrad import helpers
+def _init_worker(forked: bool = False) -> None:
     from tinygrad.engine import worker
 
     worker._init_worker()
-    # a SQLite connection must not be used on both sides of a fork: a forked worker opens its own
-    # (the copy is kept, unused and unclosed, so that nothing of the parent's is released here)
-    _inherited, helpers._db_connection = helpers._db_connection, None
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if forked:  # what a library caller may have set up in the parent is not the worker's
+        with suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        for signum in signal.valid_signals():
+            with suppress(OSError, ValueError, RuntimeError):
+                if callable(signal.getsignal(signum)):
+                    signal.signal(signum, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _Gone:
+    """Takes a dead forked worker's place in its pool: the pool keeps it and starts no other."""
+
+    exitcode, name, daemon = None, "", True
+
+    def start(self) -> None: ...
+
+    def is_alive(self) -> bool:
+        return False
+
+    def kill(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+class _ForkedPool(multiprocessing.pool.Pool):
+    """A pool of forked workers that replaces none that dies (a fork then would happen from the
+    pool's own thread while the training loop's threads run, and a spawned worker cannot share a
+    forked pool's queues): the others go on with the work (a task a dead worker held is lost, as
+    in any pool)."""
+
+    def __init__(self, processes: int) -> None:
+        forks = [processes]
+
+        def process(ctx, *args, **kwargs):
+            if forks[0] > 0:
+                forks[0] -= 1
+                return ctx.Process(*args, **kwargs)
+            return _Gone()
+
+        self.Process = process
+        super().__init__(processes, _init_worker, (True,), context=multiprocessing.get_context("fork"))
 
 
 @contextmanager
@@ -70,15 +108,34 @@ def _ignored_by_new_processes(*signums: int) -> Iterator[None]:
 
 def _forkable(device: str | None) -> bool:
     """Can the workers be forked from this process now (see the module's notes)?"""
+    from tinygrad import Device
+
     from spiralctl.kernels.threads import is_cpu
 
     return (
         sys.platform.startswith("linux")
         and device is not None
         and is_cpu(device)
+        and all(is_cpu(opened) for opened in Device._opened_devices)
         and threading.active_count() == 1
         and "fork" in multiprocessing.get_all_start_methods()
     )
+
+
+def _fork_pool(processes: int) -> multiprocessing.pool.Pool:
+    from tinygrad import helpers
+
+    for stream in (sys.stdout, sys.stderr):  # a child must not write out the parent's buffer
+        with suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    # a SQLite connection must not be used on both sides of a fork: tinygrad opens its kernel
+    # cache again when it next needs it, here and in each worker
+    if helpers._db_connection is not None:
+        helpers._db_connection.close()
+        helpers._db_connection = None
+    with warnings.catch_warnings():  # Python 3.12+ warns of native threads, which handle a fork
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        return _ForkedPool(processes)
 
 
 def start_compile_workers(device: str | None = None) -> None:
@@ -91,60 +148,79 @@ def start_compile_workers(device: str | None = None) -> None:
         return
     with _ignored_by_new_processes(signal.SIGINT, signal.SIGTERM):
         if _forkable(device):
-            for stream in (sys.stdout, sys.stderr):  # a child must not write out the parent's buffer
-                stream.flush()
-            # never replaced: a replacement would be forked while other threads run
-            pool = multiprocessing.get_context("fork").Pool(PARALLEL.value, _init_worker)
+            pool = _fork_pool(PARALLEL.value)
         else:
             max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
             pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
-    # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: stop
-    # them our way at exit instead, also in a process that multiprocessing started (a tune
-    # worker), where atexit handlers do not run but these finalizers do
+    # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: it
+    # kills them instead, at exit (also in a process that multiprocessing started, a tune worker,
+    # where atexit handlers do not run but these finalizers do) and when tinygrad terminates the
+    # pool itself (after a Ctrl-C during a compile), which its own terminate() would not do
     pool._terminate.cancel()
-    multiprocessing.util.Finalize(pool, stop_compile_workers, exitpriority=15)
+    pool._terminate = multiprocessing.util.Finalize(pool, _kill, args=(pool,), exitpriority=15)
+    pool.terminate = pool._terminate
     worker.worker_pool = pool
 
 
+class _Hook:
+    """`while_compiling`'s switch: `done()` ends it early."""
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def done(self) -> None:
+        self.active = False
+
+
 @contextmanager
-def while_compiling(callback) -> Iterator[None]:
-    """Inside, `callback()` runs once, as tinygrad is about to compile several kernels together:
-    the time this process spends waiting for its compile workers (tinygrad asks for its worker
-    pool only then), when work of its own costs the training loop nothing."""
+def while_compiling(callback) -> Iterator[_Hook]:
+    """Inside, `callback()` runs once, as tinygrad is about to compile several kernels together in
+    its compile workers: the time this process spends waiting for them, when work of its own
+    costs the training loop nothing. Not at all without workers (PARALLEL=0), nor after the
+    yielded hook's `done()` (say, once training has started without compiling). An error in the
+    callback is not the compile's: it is ignored."""
     from tinygrad.engine import realize
 
-    original, called = realize.get_worker_pool, False
+    original, hook = realize.get_worker_pool, _Hook()
 
     def get_worker_pool():
-        nonlocal called
-        if not called:
-            called = True
-            callback()
-        return original()
+        pool = original()
+        if hook.active and pool is not None:
+            hook.done()
+            with suppress(Exception):
+                callback()
+        return pool
 
     realize.get_worker_pool = get_worker_pool
     try:
-        yield
+        yield hook
     finally:
         realize.get_worker_pool = original
 
 
-def stop_compile_workers() -> None:
-    """End the workers without waiting on the pool's locks; safe to call when there are none.
-
-    They are killed, not asked to stop: a worker told to stop runs Python's shutdown before it
-    exits, and waiting for that took 0.2 s at the end of every run. Whatever a worker compiled
-    is already in tinygrad's cache (SQLite, which rolls back a write cut short) or delivered."""
+def _kill(pool: multiprocessing.pool.Pool) -> None:
+    """Kill `pool`'s workers and reap them, without the pool's own locks (its close() and
+    terminate() first take a queue lock that a killed worker may hold)."""
     from tinygrad.engine import worker
 
-    pool, worker.worker_pool = worker.worker_pool, None
-    if pool is None:
-        return
-    # the pool's own close() and terminate() first take a queue lock that a killed worker may hold
-    pool._terminate.cancel()
+    if worker.worker_pool is pool:
+        worker.worker_pool = None
     pool._state = pool._worker_handler._state = multiprocessing.pool.TERMINATE  # no replacements
     for process in pool._pool:
         if process.is_alive():
             process.kill()
     for process in pool._pool:
         process.join(timeout=5)
+
+
+def stop_compile_workers() -> None:
+    """End the workers; safe to call when there are none.
+
+    They are killed, not asked to stop: a worker told to stop runs Python's shutdown before it
+    exits, and waiting for that took 0.2 s at the end of every run. Whatever a worker compiled
+    is already in tinygrad's cache (SQLite, which rolls back a write cut short) or delivered."""
+    from tinygrad.engine import worker
+
+    if (pool := worker.worker_pool) is not None:
+        pool._terminate.cancel()  # ours, or tinygrad's own, which would wait on the workers forever
+        _kill(pool)
