@@ -54,6 +54,17 @@ class WriteFailed(SpiralError):
         self.path, self.reason = path, reason
 
 
+class OutputFailed(SpiralError):
+    """Standard output (or error) could not be written: a full disk, a failing device. (A reader
+    that went away, `| head`, is not an error.)"""
+
+    def __init__(self, stream: str, reason: str) -> None:
+        super().__init__(
+            f"cannot write to {stream}: {reason}; free some space or send the output elsewhere",
+            EXIT_FAILURE,
+        )
+
+
 class Interrupted(SpiralError):
     """Training stopped by a signal after saving `checkpoint`, which resumes it up to `epochs`."""
 

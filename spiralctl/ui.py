@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spiralctl.data import LABELS
-from spiralctl.errors import render_settings
+from spiralctl.errors import OutputFailed, render_settings
 
 LABEL_STYLE = {"clockwise": "cyan", "anticlockwise": "magenta"}
 
@@ -34,10 +34,29 @@ def stdout_closed() -> None:
     os.close(devnull)
 
 
+def output_failed(file: IO[str] | None, exc: OSError) -> OutputFailed:
+    """The error for a write to `file` that failed with `exc` (not a broken pipe). Standard
+    output then goes to /dev/null, so that Python's last flush at exit does not fail again."""
+    if file is None or file is sys.stdout or file is sys.__stdout__:
+        stream = "standard output"
+        stdout_closed()
+    else:
+        named = getattr(file, "name", "the output")
+        stream = "standard error" if file in (sys.stderr, sys.__stderr__) else named
+    return OutputFailed(stream, exc.strerror or str(exc))
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         stdout_closed()
+
+    def _check_buffer(self) -> None:
+        try:
+            super()._check_buffer()
+        except OSError as exc:  # Rich itself handles a broken pipe
+            self.quiet = True
+            raise output_failed(self.file, exc) from None
 
 
 def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
@@ -57,6 +76,9 @@ def print_json(console: Console, value: object) -> None:
     except BrokenPipeError:
         console.quiet = True
         stdout_closed()
+    except OSError as exc:
+        console.quiet = True
+        raise output_failed(console.file, exc) from None
 
 
 def plural(count: int, noun: str) -> str:
@@ -396,6 +418,9 @@ class PredictionStream:
         except BrokenPipeError:  # `| head`: the rest goes nowhere
             self.closed = True
             stdout_closed()
+        except OSError as exc:
+            self.closed = True
+            raise output_failed(self.console.file, exc) from None
 
     def finish(self) -> None:
         if self.mode != "table":

@@ -36,6 +36,28 @@ def test_training_goes_on_when_its_progress_pipe_closes(small_data, tmp_path):
     assert load_checkpoint(run / "last.safetensors").epoch == 4
 
 
+@installed
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize("command", ["predict", "train", "gen-data"])
+def test_a_full_standard_output_is_one_error_line_not_a_bug(trained_run, small_data, tmp_path, command):
+    checkpoint = trained_run / "best.safetensors"
+    args = {
+        "predict": f"predict {checkpoint} {small_data}/test.safetensors",
+        "train": f"train --data {small_data} --out {tmp_path}/run --epochs 1 --hidden 4 --batch-size 32",
+        "gen-data": f"gen-data {tmp_path}/data --sequences 20",
+    }[command]
+    result = shell(f"spiralctl {args} > /dev/full")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "error: cannot write to standard output: No space left on device; "
+        "free some space or send the output elsewhere"
+    )
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    if command == "train":  # the run itself finished and was saved before the summary failed
+        assert load_checkpoint(tmp_path / "run" / "last.safetensors").epoch == 1
+
+
 def test_bare_spiralctl_shows_help_without_an_empty_error(run):
     result = run()
     assert result.exit_code == 2 and "Usage" in result.stdout + result.stderr
