@@ -1,3 +1,3 @@
-from spiralctl.cli import main
+from spiralctl.entry import main
 
 main()

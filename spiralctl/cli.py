@@ -64,6 +64,8 @@ class SpiralGroup(TyperGroup):
                 obj=state,
                 **extra,
             )
+            if code == EXIT_INTERRUPTED:  # Typer's answer to a Ctrl-C before a run starts: a bare 130
+                ui.error_line("interrupted")
         except SpiralError as exc:
             if state.debug:
                 traceback.print_exc()

@@ -184,3 +184,33 @@ def test_a_killed_runs_temporary_files_are_cleared_by_its_resume(trained_run, tm
 
     commands.train(TrainConfig(epochs=3), resume_path=run_dir / "last.safetensors", device="cpu", plots=False)
     assert not stale.exists()
+
+
+def test_a_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    import builtins
+
+    from spiralctl import entry
+
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "spiralctl.cli":  # the user's Ctrl-C, while Python loads the command line
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    with pytest.raises(SystemExit) as exit:
+        entry.main()
+    assert exit.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_a_ctrl_c_before_a_run_starts_says_so(run, small_data, monkeypatch):
+    def interrupted(*args, **kwargs):  # before train() sets up its own signal handling
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "resolve_device", interrupted)
+    result = run("train", "--data", small_data, "--out", "run", "--epochs", 1)
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted\n" and result.stdout == ""
+    assert not Path("run").exists()
