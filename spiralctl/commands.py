@@ -34,6 +34,7 @@ from spiralctl.devices import list_backends, resolve_device
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError, WriteFailed
 from spiralctl.inputs import read_blocks, read_sequences
 from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.lstm import step_threads
 from spiralctl.kernels.programs import cached_programs, save_programs
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
@@ -371,7 +372,7 @@ def train(
                             tinygrad_device,
                             resume=resume,
                             data_source=source,
-                            threads=threads,
+                            threads=min(threads, step_threads(config.batch_size, config.hidden)),
                             stop=stop,
                             on_progress=_saving_programs(_training_started(on_progress, hook)),
                         )

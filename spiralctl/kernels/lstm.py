@@ -92,9 +92,12 @@ def _small(batch: int, hidden: int) -> bool:
     return batch * 4 * hidden * hidden < PARALLEL_WORK
 
 
-def _threads(batch: int, hidden: int) -> int:
+def step_threads(batch: int, hidden: int) -> int:
     """The threads a step's kernels are split between (kernels/threads.py): 1 for small steps."""
     return 1 if _small(batch, hidden) else current_threads()
+
+
+_threads = step_threads
 
 
 def _split(batch: int, hidden: int) -> AxisType:
