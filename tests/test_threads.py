@@ -173,3 +173,16 @@ def test_denormals_flush_to_zero_only_inside_the_context(restore_threads):
             pool = kernel_threads._state["pool"]
             assert pool.submit(lambda: float(tiny * np.float32(1.0))).result() == 0.0
     assert tiny * np.float32(1.0) == tiny  # the caller's mode is back
+
+
+@pytest.mark.parametrize(
+    ("hidden", "header"), [(4, "training on CPU: "), (32, "training on CPU (2 threads): ")]
+)
+def test_the_training_header_names_the_threads_the_steps_use(run, small_data, tmp_path, hidden, header):
+    # B x 4H x H: 32 x 16 x 4 = 2048 multiply-adds a time step stay on one core; 32 x 128 x 32 split
+    result = run(
+        "train", "--data", small_data, "--out", tmp_path / f"run{hidden}", "--epochs", 1,
+        "--hidden", hidden, "--batch-size", 32, "--no-plots", env={"SPIRALCTL_THREADS": "2"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.splitlines()[0].startswith(header)
