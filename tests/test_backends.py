@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tinygrad.codegen as codegen
+import tinygrad.engine.realize as realize
 from helpers import render
 from tinygrad.helpers import Context, ansistrip
 from tinygrad.uop.ops import UOp
@@ -37,10 +38,13 @@ def _capture_step(monkeypatch_module, hidden: int, threads: int) -> dict[str, UO
         return program
 
     monkeypatch_module.setattr(codegen, "do_to_program", capture)
+    # every kernel is lowered here, also one that another test compiled in this process first
+    fresh: dict = {}
+    monkeypatch_module.setattr(realize, "to_program_cache", fresh)
+    monkeypatch_module.setattr(codegen, "to_program_cache", fresh)
     config = ModelConfig(hidden=hidden)
     model = SpiralClassifier(config, init_parameters(config, seed=0), "CPU")
     trainer = Trainer(model, TrainConfig(hidden=hidden, batch_size=128))
-    # 7 points: a shape no other test compiles, so the kernels are lowered here
     x = np.random.default_rng(0).standard_normal((128, 7, 2)).astype(np.float32)
     use_cpu_threads(threads)
     try:
