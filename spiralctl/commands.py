@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -246,7 +246,7 @@ def _training_started(on_progress: ProgressCallback, hook) -> ProgressCallback:
     compile (validation's kernels) would start the import in the middle of the epochs."""
 
     def forward(event: str, info: dict) -> None:
-        if event == "batch" and hook is not None:
+        if event == "batch":
             hook.done()
         on_progress(event, info)
 
@@ -362,8 +362,12 @@ def train(
                         write_metrics(run_dir, history)
                     if resume is not None and not continues:
                         _carry_best(resume, resume_path, source_dir, run_dir)
-                    compiling = while_compiling(loading.start) if loading is not None else nullcontext()
-                    with cpu_threads(tinygrad_device) as threads, cached_programs(), compiling as hook:
+                    importing = loading.start if loading is not None else lambda: None
+                    with (
+                        cpu_threads(tinygrad_device) as threads,
+                        cached_programs(),
+                        while_compiling(importing) as hook,
+                    ):
                         result = fit(
                             train_set,
                             val_set,

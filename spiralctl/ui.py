@@ -46,6 +46,21 @@ def output_failed(file: IO[str] | None, exc: OSError) -> OutputFailed:
     return OutputFailed(stream, exc.strerror or str(exc))
 
 
+def write_plain(file: IO[str], text: str, on_end: Callable[[], None]) -> None:
+    """Write `text` to `file` and flush it. When the output is over for good, `on_end()` runs
+    first: the reader of stdout went away (`| head`: the rest goes to /dev/null), or the write
+    failed otherwise, which raises OutputFailed."""
+    try:
+        file.write(text)
+        file.flush()
+    except BrokenPipeError:
+        on_end()
+        stdout_closed()
+    except OSError as exc:
+        on_end()
+        raise output_failed(file, exc) from None
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
@@ -70,15 +85,7 @@ def print_json(console: Console, value: object) -> None:
     """One JSON object on one line, written as plain text (no Rich markup or wrapping)."""
     if console.quiet:
         return
-    try:
-        console.file.write(json.dumps(value) + "\n")
-        console.file.flush()
-    except BrokenPipeError:
-        console.quiet = True
-        stdout_closed()
-    except OSError as exc:
-        console.quiet = True
-        raise output_failed(console.file, exc) from None
+    write_plain(console.file, json.dumps(value) + "\n", lambda: setattr(console, "quiet", True))
 
 
 def plural(count: int, noun: str) -> str:
@@ -410,17 +417,8 @@ class PredictionStream:
         self._table_printed = True
 
     def _write(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            self.console.file.write(text)
-            self.console.file.flush()
-        except BrokenPipeError:  # `| head`: the rest goes nowhere
-            self.closed = True
-            stdout_closed()
-        except OSError as exc:
-            self.closed = True
-            raise output_failed(self.console.file, exc) from None
+        if not self.closed:
+            write_plain(self.console.file, text, lambda: setattr(self, "closed", True))
 
     def finish(self) -> None:
         if self.mode != "table":

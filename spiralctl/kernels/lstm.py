@@ -97,12 +97,9 @@ def step_threads(batch: int, hidden: int) -> int:
     return 1 if _small(batch, hidden) else current_threads()
 
 
-_threads = step_threads
-
-
 def _split(batch: int, hidden: int) -> AxisType:
     """The outermost loop's type: GLOBAL (slices run on several threads) or a plain loop."""
-    return AxisType.GLOBAL if _threads(batch, hidden) > 1 else AxisType.LOOP
+    return AxisType.GLOBAL if step_threads(batch, hidden) > 1 else AxisType.LOOP
 
 
 def _group(batch: int, hidden: int) -> int:
@@ -117,7 +114,7 @@ def _group(batch: int, hidden: int) -> int:
     groups of 32 each take 32-33 ms every step (AMD Zen 5; H = 128 to 512, B = 128: steps 10-27%
     faster). Narrower groups are slower, so B = 64 keeps one group of 32 per thread."""
     lanes = _lanes(batch)
-    blocks, threads = batch // lanes, _threads(batch, hidden)
+    blocks, threads = batch // lanes, step_threads(batch, hidden)
     fits = [g for g in (1, 2, 4, 8) if g * lanes <= GROUP_COLUMNS and blocks % (g * threads) == 0]
     wide = [g for g in fits if 2 * g * lanes >= GROUP_COLUMNS]
     shared = [g for g in wide if threads > 1 and blocks // (g * threads) >= 2]
