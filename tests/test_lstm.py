@@ -10,9 +10,21 @@ from tinygrad import Tensor
 from spiralctl.kernels.lstm import lstm
 
 # (batch, steps, hidden): batch 1, two steps, hidden sizes that are not powers of two; two blocks
-# of 16 batch columns with several blocks of gate rows and sums of 4 and 5 terms; and a batch of
-# 256 (16 blocks, which the recurrent kernels take 4 at a time)
-SHAPES = [(1, 2, 3), (3, 5, 4), (6, 9, 5), (4, 3, 8), (2, 20, 7), (32, 10, 12), (256, 4, 40)]
+# of 16 batch columns with several blocks of gate rows and sums of 4 and 5 terms; a batch of
+# 256 (16 blocks, which the recurrent kernels take 4 at a time); and the weight gradients' column
+# form (H >= 128): H = 128 with sums of 8 terms, and H = 130 (4H = 520 in tiles of 8 rows) with
+# sums of 5
+SHAPES = [
+    (1, 2, 3),
+    (3, 5, 4),
+    (6, 9, 5),
+    (4, 3, 8),
+    (2, 20, 7),
+    (32, 10, 12),
+    (256, 4, 40),
+    (48, 3, 128),
+    (20, 2, 130),
+]
 # the reference recurrence unrolls over time, which tinygrad schedules slowly: keep it short
 SHORT_SHAPES = [(1, 2, 3), (4, 3, 8)]
 

@@ -318,14 +318,26 @@ GRAD_ROWS, GRAD_COLS = (8, 4), (4, 2)
 SMALL_GRAD_ROWS, SMALL_GRAD_COLS = (4, 2), (2, 1)
 
 
-def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_in: UOp, cols: int) -> UOp:
+def _blocked_dot(
+    ids: itertools.count,
+    jo: UOp,
+    rows: int,
+    out: UOp,
+    a: UOp,
+    b_in: UOp,
+    cols: int,
+    loops: tuple[UOp, ...] = (),
+) -> UOp:
     """Rows jo*rows .. +rows of out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b];
     a: [T, J, B], b_in: [T', K, B].
 
-    A register-blocked product: for each tile of `cols` columns k, rows x cols running sums,
-    each a vector of L batch lanes, live in registers (REG placeholders, which clang keeps in
-    vector registers) over all T x B; each step of the (t, batch block) loop loads rows + cols
-    vectors and does rows x cols multiply-adds. The lanes are added up once per tile.
+    A blocked product: for each tile of `cols` columns k, rows x cols running sums, each a
+    vector of L batch lanes (REG placeholders), over all T x B; each step of the (t, batch
+    block) loop loads rows + cols vectors and does rows x cols multiply-adds. The lanes are
+    added up once per tile. With the lanes a loop, clang 14 keeps the sums in a stack array and
+    loads and stores one for every multiply-add, so that this form is bound by stores (H = 512:
+    240 GFLOP/s on 2 Zen 5 cores); the column form below avoids that for H >= 128. `loops`: the
+    ranges jo is made of, when it is not a range itself.
     """
     steps, _, batch = a.shape
     lanes = _lanes(batch)
@@ -338,7 +350,7 @@ def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_i
     li = rng(lanes)
     # after jo as well as ko: when jo is a plain loop (a small step, _split), a zeroing that did
     # not name it would run once, outside it, and every tile after the first would add to the last
-    zeroed = UOp.group(*(s.after(jo, ko)[li].store(0.0) for s in sums)).end(li)
+    zeroed = UOp.group(*(s.after(*(loops or (jo,)), ko)[li].store(0.0) for s in sums)).end(li)
     sums = [s.after(zeroed) for s in sums]
     # clang keeps the running sums in vector registers when the lanes are a loop and the number
     # of batch blocks is a power of two; at other counts only when the lanes are written out
@@ -364,33 +376,98 @@ def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_i
     return UOp.group(*stores).end(ko)
 
 
-def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp) -> UOp:
+# the column form (below) for the weight gradients from this many columns (H) up: its innermost
+# loop runs over H columns, and below 128 the broadcast values each pair of rows loads serve too
+# few of them (steps at H = 64 and 32 the same either way; H = 128, B = 256: the kernel 7.5 ->
+# 5.8 ms, the step 21 -> 20 ms with the 0.4 ms transposition of h; H = 512, B = 128: 56 -> 35 ms)
+COLUMN_FORM_WIDTH = 128
+# its tiles of gate rows (the most, up to this, that leave every thread four or more) and the
+# rows that share each load of h inside the innermost loop
+COLUMN_ROWS, COLUMN_SHARED = 128, 2
+
+
+def _column_rows(hidden4: int, threads: int) -> int:
+    """The column form's tile of gate rows: up to COLUMN_ROWS, a power of two that divides 4H and
+    leaves every thread at least four tiles (fewer, smaller tiles when 4H is small)."""
+    rows = COLUMN_ROWS
+    while rows > 2 * COLUMN_SHARED and (hidden4 % rows or hidden4 // rows < 4 * threads):
+        rows //= 2
+    return rows if hidden4 % rows == 0 else COLUMN_SHARED
+
+
+def _column_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_t: UOp) -> UOp:
+    """Rows jo*rows .. +rows of out[j, k] = sum over t < T and b of a[t, j, b] * b_t[t, b, k];
+    a: [T, J, B], b_t: [T', B, K] (the second operand with its columns innermost).
+
+    The innermost loop runs over the K columns, which clang vectorises: for each t, each run of
+    UNROLL batch columns and each pair of rows, the pair's 2 x UNROLL values of a are loaded
+    once (broadcast into vector registers), and every vector of K columns then does 2 x UNROLL
+    multiply-adds for one load of out per row and UNROLL loads of b_t, shared by both rows.
+    The tile's rows of out stay in the L2 cache; b_t streams through once per tile.
+    """
+    steps, _, batch = a.shape
+    width = b_t.shape[2]
+
+    def rng(size: int, axis: AxisType = AxisType.LOOP) -> UOp:
+        return UOp.range(size, next(ids), axis)
+
+    r, k = rng(rows), rng(width)
+    out = out.after(out[jo * rows + r, k].store(0.0).end(k, r))
+    unroll = _unroll(batch, UNROLL)
+    t, bo = rng(steps, AxisType.REDUCE), rng(batch // unroll, AxisType.REDUCE)
+    j, k = rng(rows // COLUMN_SHARED), rng(width)
+    stores = []
+    for p in range(COLUMN_SHARED):
+        n = jo * rows + j * COLUMN_SHARED + p
+        terms = _terms(unroll, lambda u, n=n: a[t, n, bo * unroll + u] * b_t[t, bo * unroll + u, k])
+        stores.append(out[n, k].store(out.after(t, bo)[n, k] + terms))
+    return UOp.group(*stores).end(k, j, bo, t)
+
+
+def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp, column_form: bool) -> UOp:
     """Both weight gradients in one kernel: dz[t] h[t]^T and dz[t] [x_t, 1]^T summed over t and b.
+    hs: [T', H, B], or [T, B, H] (h batch-major, from `_weight_gradients`) in the column form.
 
     Tiles of gate rows are the outermost (GLOBAL) loop: each is independent work, split
     between cores (spiralctl/kernels/threads.py)."""
     ids = itertools.count()
-    hidden4, hidden = dz.shape[1], hs.shape[1]
-    small = _small(dz.shape[2], hidden)
-    row_tiles, col_tiles = (SMALL_GRAD_ROWS, SMALL_GRAD_COLS) if small else (GRAD_ROWS, GRAD_COLS)
-    rows = _tile(hidden4, *row_tiles)
-    jo = UOp.range(hidden4 // rows, next(ids), _split(dz.shape[2], hidden))
-    both = UOp.group(
-        _blocked_dot(ids, jo, rows, d_w_hh, dz, hs, _tile(hidden, *col_tiles)),
-        _blocked_dot(ids, jo, rows, d_w_in, dz, xa, 1),
-    )
+    batch, hidden4 = dz.shape[2], dz.shape[1]
+    hidden = hs.shape[2] if column_form else hs.shape[1]
+    axis = _split(batch, hidden)
+    if column_form:
+        rows = _column_rows(hidden4, step_threads(batch, hidden))
+        jo = UOp.range(hidden4 // rows, next(ids), axis)
+        tile = GRAD_ROWS[0] if rows % GRAD_ROWS[0] == 0 else rows
+        ji = UOp.range(rows // tile, next(ids))
+        both = UOp.group(
+            _column_dot(ids, jo, rows, d_w_hh, dz, hs),
+            _blocked_dot(ids, jo * (rows // tile) + ji, tile, d_w_in, dz, xa, 1, (jo, ji)).end(ji),
+        )
+    else:
+        small = _small(batch, hidden)
+        row_tiles, col_tiles = (SMALL_GRAD_ROWS, SMALL_GRAD_COLS) if small else (GRAD_ROWS, GRAD_COLS)
+        rows = _tile(hidden4, *row_tiles)
+        jo = UOp.range(hidden4 // rows, next(ids), axis)
+        both = UOp.group(
+            _blocked_dot(ids, jo, rows, d_w_hh, dz, hs, _tile(hidden, *col_tiles)),
+            _blocked_dot(ids, jo, rows, d_w_in, dz, xa, 1),
+        )
     return both.end(jo).sink(arg=KernelInfo(name="lstm_weight_grad", opts_to_apply=()))
 
 
 def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
-    hidden4, device = dz.shape[1], dz.device
+    steps, hidden4, batch = dz.shape
+    hidden, device = hs.shape[1], dz.device
+    column_form = hidden >= COLUMN_FORM_WIDTH and not _small(batch, hidden)
+    if column_form:  # h batch-major: [T, B, H]
+        hs = hs[:steps].permute(0, 2, 1).contiguous()
     d_w_hh, d_w_in, *_ = Tensor.custom_kernel(
-        Tensor.empty(hidden4, hs.shape[1], device=device),
+        Tensor.empty(hidden4, hidden, device=device),
         Tensor.empty(hidden4, xa.shape[1], device=device),
         dz,
         hs,
         xa,
-        fxn=_weight_gradient_kernel,
+        fxn=functools.partial(_weight_gradient_kernel, column_form=column_form),
     )
     return d_w_hh, d_w_in
 
