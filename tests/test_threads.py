@@ -47,9 +47,10 @@ def _train_run(threads, batch, hidden):
 
 # (batch, hidden): 48 = 3 blocks of 16 columns, so the recurrences split unevenly, and 4H = 80
 # gradient rows, 10 tiles of 8; 128 = 8 blocks, which 2 threads take in groups of 2, two each (3 threads:
-# one block each, unevenly). Both have B x 4H x H >= 65536 multiply-adds a time step, enough
-# to be split at all.
-SPLIT_SHAPES = [(48, 20), (128, 16)]
+# one block each, unevenly); H = 128 takes the weight gradients' column form, in tiles of 128,
+# 64 and 32 gate rows on 1, 2 and 3 threads. All have B x 4H x H >= 65536 multiply-adds a time
+# step, enough to be split at all.
+SPLIT_SHAPES = [(48, 20), (128, 16), (32, 128)]
 
 
 @pytest.mark.parametrize("threads", [2, 3])
