@@ -172,16 +172,31 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
             f"using {len(train)}"
         )
         config = replace(config, batch_size=len(train))
-    needed = step_bytes(PackedBatch(config.batch_size, train.length, train.x.shape[2]), config.hidden)
+
+    def needed(batch: int) -> int:
+        return step_bytes(PackedBatch(batch, train.length, train.x.shape[2]), config.hidden)
+
     available = available_memory()
-    if is_cpu(device) and available is not None and needed > available:
+    if not is_cpu(device) or available is None or needed(config.batch_size) <= available:
+        return config, notes
+    have = f"{available / 2**30:.1f} GiB is available"
+    if needed(1) > available:
         raise SpiralError(
-            f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
-            f"points needs about {needed / 2**30:.1f} GiB of memory, and {available / 2**30:.1f} GiB is "
-            "available; choose a smaller batch, or a smaller {hidden}",
-            option="batch_size",
+            f"{config.hidden}: one step on sequences of {train.length} points needs about "
+            f"{needed(1) / 2**30:.1f} GiB of memory even at {{batch_size}} 1, and {have}; choose a "
+            "smaller {hidden}",
+            option="hidden",
         )
-    return config, notes
+    fits, over = 1, config.batch_size  # the largest batch that fits: needed() grows with the batch
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        fits, over = (middle, over) if needed(middle) <= available else (fits, middle)
+    raise SpiralError(
+        f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
+        f"points needs about {needed(config.batch_size) / 2**30:.1f} GiB of memory, and {have}; "
+        f"choose {{batch_size}} {fits} or less, or a smaller {{hidden}}",
+        option="batch_size",
+    )
 
 
 def _check_resumable(resume_path: Path, resume: Checkpoint) -> None:

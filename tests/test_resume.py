@@ -15,6 +15,8 @@ from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
 from spiralctl.config import TrainConfig
 from spiralctl.errors import SpiralError
+from spiralctl.kernels.layout import PackedBatch
+from spiralctl.kernels.step import step_bytes
 from spiralctl.runs import read_metrics
 
 SMALL = ["--hidden", "4", "--batch-size", "32", "--seed", "1", "--device", "cpu", "--no-plots"]
@@ -129,14 +131,32 @@ def test_a_batch_larger_than_the_data_is_capped(run, small_data, tmp_path):
     assert json.loads((out / "config.json").read_text())["batch_size"] == 60
 
 
-def test_a_step_that_cannot_fit_in_memory_is_refused(run, small_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(commands, "available_memory", lambda: 10**6)
+def _step_gib(batch: int, hidden: int) -> float:
+    """What spiralctl estimates one step takes on `small_data` (12 points, 2 inputs), in GiB."""
+    return step_bytes(PackedBatch(batch, 12, 2), hidden) / 2**30
+
+
+def test_a_step_that_cannot_fit_in_memory_names_the_batch_that_would(run, small_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(commands, "available_memory", lambda: int(_step_gib(25, 512) * 2**30))
     out = tmp_path / "run"
     result = run("train", "--data", small_data, "--out", out, "--hidden", 512, "--device", "cpu")
-    assert result.exit_code == 2 and result.stderr.startswith(
-        "error: --batch-size 60: one step at hidden 512"
+    assert result.exit_code == 2 and not out.exists()
+    assert result.stderr == (
+        f"error: --batch-size 60: one step at hidden 512 on sequences of 12 points needs about "
+        f"{_step_gib(60, 512):.1f} GiB of memory, and {_step_gib(25, 512):.1f} GiB is available; "
+        "choose --batch-size 25 or less, or a smaller --hidden\n"
     )
-    assert "GiB" in result.stderr and not out.exists()
+
+
+def test_a_hidden_size_too_big_for_one_sequence_is_blamed(run, small_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(commands, "available_memory", lambda: 10**6)
+    out = tmp_path / "run"
+    result = run("train", "--data", small_data, "--out", out, "--hidden", 2048, "--device", "cpu")
+    assert result.exit_code == 2 and not out.exists()
+    assert result.stderr == (
+        f"error: --hidden 2048: one step on sequences of 12 points needs about {_step_gib(1, 2048):.1f} "
+        "GiB of memory even at --batch-size 1, and 0.0 GiB is available; choose a smaller --hidden\n"
+    )
 
 
 def test_a_full_disk_keeps_the_run_resumable(small_data, tmp_path, monkeypatch):
