@@ -63,7 +63,7 @@ class Trainer:
         parameters = [self.model.parameters[name] for name in PARAMETER_NAMES]
         result, grads, sources = step_gradients(packed, parameters, layout, self.model.kernels)
         # one schedule: Adam needs every gradient, so it runs after all the kernels that read
-        # the old parameters, and the five kernels compile together
+        # the old parameters, and all the step's kernels compile together
         Tensor.realize(result, *self.optimizer.update(grads, sources, packed, offset=layout.scalars))
         return result
 

@@ -12,8 +12,8 @@ from spiralctl.kernels.lstm import lstm
 # (batch, steps, hidden): batch 1, two steps, hidden sizes that are not powers of two; two blocks
 # of 16 batch columns with several blocks of gate rows and sums of 4 and 5 terms; a batch of
 # 256 (16 blocks, which the recurrent kernels take 4 at a time); and the weight gradients' column
-# form (H >= 128): H = 128 with sums of 8 terms, and H = 130 (4H = 520 in tiles of 8 rows) with
-# sums of 5
+# form (H >= 128): H = 128 with sums of 8 terms, H = 130 (4H = 520 in tiles of 8 rows) with sums
+# of 5, and H = 129 (tiles of 4 rows) with sums of 1
 SHAPES = [
     (1, 2, 3),
     (3, 5, 4),
@@ -24,6 +24,7 @@ SHAPES = [
     (256, 4, 40),
     (48, 3, 128),
     (20, 2, 130),
+    (3, 2, 129),
 ]
 # the reference recurrence unrolls over time, which tinygrad schedules slowly: keep it short
 SHORT_SHAPES = [(1, 2, 3), (4, 3, 8)]

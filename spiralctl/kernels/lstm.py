@@ -5,7 +5,8 @@ return the last hidden state h_T: [B, H].
 
 The fused path runs the whole time loop in one custom kernel (batch in
 parallel, time sequential) and the whole backward pass through time in a
-second one, with both weight gradients in a third; `grad_fxn` joins them to
+second one, with both weight gradients in a third (from H = 128 up after a copy of h
+batch-major, which tinygrad makes as a kernel of its own); `grad_fxn` joins them to
 tinygrad's autograd, so `lstm()` works like any tinygrad function. Training
 calls the same kernels directly (`sequence_forward`, `sequence_backward`, see
 spiralctl/kernels/step.py). Buffers are batch-last ([T, H, B]), so the innermost index
@@ -301,7 +302,8 @@ def _backward_kernel(
 
 
 def _registers(size: int, ids: itertools.count) -> UOp:
-    """A kernel-local array of `size` floats (clang keeps it in registers when its indices are constants)."""
+    """A kernel-local array of `size` floats (clang 14 keeps it in registers only when every index
+    is a constant: lanes written out, not a loop)."""
     return UOp.placeholder((size,), dtypes.float, next(ids), addrspace=AddrSpace.REG)
 
 
@@ -310,7 +312,8 @@ def _tile(size: int, *choices: int) -> int:
     return next((c for c in choices if size % c == 0), 1)
 
 
-# a weight gradient's register tile: rows x columns of running sums, each `lanes` wide
+# a weight gradient's tile (H < 128, and W_ih's gradient at any H): rows x columns of running
+# sums, each `lanes` wide
 GRAD_ROWS, GRAD_COLS = (8, 4), (4, 2)
 # ... and a small step's: a quarter of the code, which tinygrad and clang turn into a program in
 # 0.16 s instead of 0.53 (a third of a cold seed run's code generation), at the same step time
@@ -352,10 +355,11 @@ def _blocked_dot(
     # not name it would run once, outside it, and every tile after the first would add to the last
     zeroed = UOp.group(*(s.after(*(loops or (jo,)), ko)[li].store(0.0) for s in sums)).end(li)
     sums = [s.after(zeroed) for s in sums]
-    # clang keeps the running sums in vector registers when the lanes are a loop and the number
-    # of batch blocks is a power of two; at other counts only when the lanes are written out
-    # (UPCAST), which costs its loads being rebuilt from 4-wide parts (H = 128: B = 128, a loop
-    # 6.8 ms, written out 9.4; B = 96, a loop 9.9 ms, written out 7.4)
+    # the lanes as a loop (the sums in a stack array, see above) are faster when the number of
+    # batch blocks is a power of two; at other counts the lanes written out (UPCAST: the sums in
+    # registers, their loads rebuilt from 4-wide parts) are (measured at H = 128, before the
+    # column form took over there: B = 128, a loop 6.8 ms, written out 9.4; B = 96, a loop
+    # 9.9 ms, written out 7.4)
     blocks = batch // lanes
     written_out = blocks & (blocks - 1) != 0
     t, bo = rng(steps, AxisType.REDUCE), rng(blocks, AxisType.REDUCE)
@@ -376,23 +380,25 @@ def _blocked_dot(
     return UOp.group(*stores).end(ko)
 
 
-# the column form (below) for the weight gradients from this many columns (H) up: its innermost
-# loop runs over H columns, and below 128 the broadcast values each pair of rows loads serve too
-# few of them (steps at H = 64 and 32 the same either way; H = 128, B = 256: the kernel 7.5 ->
-# 5.8 ms, the step 21 -> 20 ms with the 0.4 ms transposition of h; H = 512, B = 128: 56 -> 35 ms)
+# the column form (below) for the weight gradients from this many columns (H) up. Its
+# innermost loop runs over H columns; below 128 it gains less than the copy of h batch-major
+# costs (steady steps, kernel and step in ms: H = 64, B = 128: 1.0 -> 0.8, step the same within
+# noise; H = 32, B = 512: 1.8 -> 1.6, the same; H = 128, B = 256: 7.6 -> 5.5, step 21.0 -> 20.1;
+# H = 512, B = 128: 53.9 -> 33.1, step 126 -> 111; benchmarks/RESULTS.md)
 COLUMN_FORM_WIDTH = 128
-# its tiles of gate rows (the most, up to this, that leave every thread four or more) and the
-# rows that share each load of h inside the innermost loop
+# its tiles of gate rows (_column_rows) and the rows that share each load of h inside the
+# innermost loop (4 rows' broadcast values no longer fit in the vector registers)
 COLUMN_ROWS, COLUMN_SHARED = 128, 2
 
 
 def _column_rows(hidden4: int, threads: int) -> int:
-    """The column form's tile of gate rows: up to COLUMN_ROWS, a power of two that divides 4H and
-    leaves every thread at least four tiles (fewer, smaller tiles when 4H is small)."""
+    """The column form's tile of gate rows: the largest power of two up to COLUMN_ROWS that
+    divides 4H and leaves every thread at least four tiles, but no fewer than 4 rows (which
+    always divide 4H: with many threads and a small 4H, fewer tiles a thread)."""
     rows = COLUMN_ROWS
     while rows > 2 * COLUMN_SHARED and (hidden4 % rows or hidden4 // rows < 4 * threads):
         rows //= 2
-    return rows if hidden4 % rows == 0 else COLUMN_SHARED
+    return rows
 
 
 def _column_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_t: UOp) -> UOp:
@@ -400,10 +406,11 @@ def _column_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_t:
     a: [T, J, B], b_t: [T', B, K] (the second operand with its columns innermost).
 
     The innermost loop runs over the K columns, which clang vectorises: for each t, each run of
-    UNROLL batch columns and each pair of rows, the pair's 2 x UNROLL values of a are loaded
-    once (broadcast into vector registers), and every vector of K columns then does 2 x UNROLL
-    multiply-adds for one load of out per row and UNROLL loads of b_t, shared by both rows.
-    The tile's rows of out stay in the L2 cache; b_t streams through once per tile.
+    u batch columns (u: UNROLL, or the largest number below it that divides B) and each pair of
+    rows, the pair's 2u values of a are loaded once (broadcast into vector registers), and every
+    vector of K columns then does 2u multiply-adds for one load and store of out per row and u
+    loads of b_t, shared by both rows. The tile's rows of out stay in the L2 cache; b_t streams
+    through once per tile.
     """
     steps, _, batch = a.shape
     width = b_t.shape[2]
@@ -411,8 +418,8 @@ def _column_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_t:
     def rng(size: int, axis: AxisType = AxisType.LOOP) -> UOp:
         return UOp.range(size, next(ids), axis)
 
-    r, k = rng(rows), rng(width)
-    out = out.after(out[jo * rows + r, k].store(0.0).end(k, r))
+    r, c = rng(rows), rng(width)
+    out = out.after(out[jo * rows + r, c].store(0.0).end(c, r))
     unroll = _unroll(batch, UNROLL)
     t, bo = rng(steps, AxisType.REDUCE), rng(batch // unroll, AxisType.REDUCE)
     j, k = rng(rows // COLUMN_SHARED), rng(width)
@@ -437,11 +444,12 @@ def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp,
     if column_form:
         rows = _column_rows(hidden4, step_threads(batch, hidden))
         jo = UOp.range(hidden4 // rows, next(ids), axis)
-        tile = GRAD_ROWS[0] if rows % GRAD_ROWS[0] == 0 else rows
-        ji = UOp.range(rows // tile, next(ids))
+        # W_ih's gradient (D + 1 columns) in tiles of the usual rows inside each tile
+        in_rows = GRAD_ROWS[0] if rows % GRAD_ROWS[0] == 0 else rows
+        ji = UOp.range(rows // in_rows, next(ids))
         both = UOp.group(
             _column_dot(ids, jo, rows, d_w_hh, dz, hs),
-            _blocked_dot(ids, jo * (rows // tile) + ji, tile, d_w_in, dz, xa, 1, (jo, ji)).end(ji),
+            _blocked_dot(ids, jo * (rows // in_rows) + ji, in_rows, d_w_in, dz, xa, 1, (jo, ji)).end(ji),
         )
     else:
         small = _small(batch, hidden)
@@ -456,9 +464,9 @@ def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp,
 
 
 def _weight_gradients(dz: Tensor, hs: Tensor, xa: Tensor) -> tuple[Tensor, Tensor]:
-    steps, hidden4, batch = dz.shape
+    steps, hidden4, _ = dz.shape
     hidden, device = hs.shape[1], dz.device
-    column_form = hidden >= COLUMN_FORM_WIDTH and not _small(batch, hidden)
+    column_form = hidden >= COLUMN_FORM_WIDTH  # never a small step (B x 4H x H >= 65536)
     if column_form:  # h batch-major: [T, B, H]
         hs = hs[:steps].permute(0, 2, 1).contiguous()
     d_w_hh, d_w_in, *_ = Tensor.custom_kernel(

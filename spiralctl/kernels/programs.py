@@ -1,7 +1,7 @@
 """Finished kernel programs kept on disk between processes.
 
 tinygrad keeps only compiled binaries on disk (its cache.db); every new process generates
-the code of its kernels again (linearize and render, about 1.5 s for a training step's five
+the code of its kernels again (linearize and render, about 1.5 s for a training step's
 kernels). `tinygrad.codegen.to_program_cache` maps a kernel's compile key (its AST, the
 renderer, the settings that change code) to the finished PROGRAM, binary included, and
 tinygrad lowers nothing whose key is in it. This module saves those entries to a file next to
