@@ -39,7 +39,7 @@ from spiralctl.kernels.programs import cached_programs, save_programs
 from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers, while_compiling
-from spiralctl.model import SpiralClassifier
+from spiralctl.model import ModelConfig, SpiralClassifier
 from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
 from spiralctl.runs import (
     check_not_in_use,
@@ -173,18 +173,22 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
         )
         config = replace(config, batch_size=len(train))
 
+    inputs = train.x.shape[2]
+    parameters = sum(int(np.prod(shape)) for shape in ModelConfig(inputs, config.hidden).shapes().values())
+    # the initial weights, the parameters, their gradients and Adam's two moments, in float32
+    state = 5 * 4 * parameters
+
     def needed(batch: int) -> int:
-        return step_bytes(PackedBatch(batch, train.length, train.x.shape[2]), config.hidden)
+        return state + step_bytes(PackedBatch(batch, train.length, inputs), config.hidden)
 
     available = available_memory()
     if not is_cpu(device) or available is None or needed(config.batch_size) <= available:
         return config, notes
-    have = f"{available / 2**30:.1f} GiB is available"
+    have = f"{_gib(available)} is available"
     if needed(1) > available:
         raise SpiralError(
-            f"{config.hidden}: one step on sequences of {train.length} points needs about "
-            f"{needed(1) / 2**30:.1f} GiB of memory even at {{batch_size}} 1, and {have}; choose a "
-            "smaller {hidden}",
+            f"{config.hidden}: training on sequences of {train.length} points needs about "
+            f"{_gib(needed(1))} of memory even at {{batch_size}} 1, and {have}; choose a smaller {{hidden}}",
             option="hidden",
         )
     fits, over = 1, config.batch_size  # the largest batch that fits: needed() grows with the batch
@@ -192,11 +196,17 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
         middle = (fits + over) // 2
         fits, over = (middle, over) if needed(middle) <= available else (fits, middle)
     raise SpiralError(
-        f"{config.batch_size}: one step at hidden {config.hidden} on sequences of {train.length} "
-        f"points needs about {needed(config.batch_size) / 2**30:.1f} GiB of memory, and {have}; "
+        f"{config.batch_size}: training at hidden {config.hidden} on sequences of {train.length} "
+        f"points needs about {_gib(needed(config.batch_size))} of memory, and {have}; "
         f"choose {{batch_size}} {fits} or less, or a smaller {{hidden}}",
         option="batch_size",
     )
+
+
+def _gib(size: int) -> str:
+    """A number of bytes in GiB for a message: 22.9 GiB, 1,234.5 GiB, 2.7e+16 GiB."""
+    gib = size / 2**30
+    return f"{gib:,.1f} GiB" if gib < 1e6 else f"{gib:.1e} GiB"
 
 
 def _check_resumable(resume_path: Path, resume: Checkpoint) -> None:

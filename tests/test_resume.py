@@ -131,31 +131,36 @@ def test_a_batch_larger_than_the_data_is_capped(run, small_data, tmp_path):
     assert json.loads((out / "config.json").read_text())["batch_size"] == 60
 
 
-def _step_gib(batch: int, hidden: int) -> float:
-    """What spiralctl estimates one step takes on `small_data` (12 points, 2 inputs), in GiB."""
-    return step_bytes(PackedBatch(batch, 12, 2), hidden) / 2**30
+def _train_gib(batch: int, hidden: int) -> float:
+    """What spiralctl estimates training takes on `small_data` (12 points, 2 inputs), in GiB: the
+    step's buffers, and 5 float32 copies of the parameters."""
+    parameters = 4 * hidden * (2 + hidden + 2) + hidden + 1
+    return (step_bytes(PackedBatch(batch, 12, 2), hidden) + 20 * parameters) / 2**30
 
 
 def test_a_step_that_cannot_fit_in_memory_names_the_batch_that_would(run, small_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(commands, "available_memory", lambda: int(_step_gib(25, 512) * 2**30))
+    monkeypatch.setattr(commands, "available_memory", lambda: int(_train_gib(25, 512) * 2**30))
     out = tmp_path / "run"
     result = run("train", "--data", small_data, "--out", out, "--hidden", 512, "--device", "cpu")
     assert result.exit_code == 2 and not out.exists()
     assert result.stderr == (
-        f"error: --batch-size 60: one step at hidden 512 on sequences of 12 points needs about "
-        f"{_step_gib(60, 512):.1f} GiB of memory, and {_step_gib(25, 512):.1f} GiB is available; "
+        f"error: --batch-size 60: training at hidden 512 on sequences of 12 points needs about "
+        f"{_train_gib(60, 512):.1f} GiB of memory, and {_train_gib(25, 512):.1f} GiB is available; "
         "choose --batch-size 25 or less, or a smaller --hidden\n"
     )
 
 
-def test_a_hidden_size_too_big_for_one_sequence_is_blamed(run, small_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("hidden, needs", [(2048, f"{_train_gib(1, 2048):.1f} GiB"), (10**9, "7.5e+10 GiB")])
+def test_a_hidden_size_too_big_for_one_sequence_is_blamed(
+    run, small_data, tmp_path, monkeypatch, hidden, needs
+):
     monkeypatch.setattr(commands, "available_memory", lambda: 10**6)
     out = tmp_path / "run"
-    result = run("train", "--data", small_data, "--out", out, "--hidden", 2048, "--device", "cpu")
+    result = run("train", "--data", small_data, "--out", out, "--hidden", hidden, "--device", "cpu")
     assert result.exit_code == 2 and not out.exists()
     assert result.stderr == (
-        f"error: --hidden 2048: one step on sequences of 12 points needs about {_step_gib(1, 2048):.1f} "
-        "GiB of memory even at --batch-size 1, and 0.0 GiB is available; choose a smaller --hidden\n"
+        f"error: --hidden {hidden}: training on sequences of 12 points needs about {needs} of memory "
+        "even at --batch-size 1, and 0.0 GiB is available; choose a smaller --hidden\n"
     )
 
 
