@@ -37,7 +37,7 @@ from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.lstm import step_threads
 from spiralctl.kernels.programs import cached_programs, save_programs
 from spiralctl.kernels.step import step_bytes
-from spiralctl.kernels.threads import cpu_threads, is_cpu, thread_count
+from spiralctl.kernels.threads import available_cores, cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers, while_compiling
 from spiralctl.model import ModelConfig, SpiralClassifier
 from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
@@ -362,7 +362,12 @@ def train(
         )
     config, notes = _fit_batch(config, train_set, tinygrad_device)
     if is_cpu(tinygrad_device):
-        thread_count()  # a bad SPIRALCTL_THREADS is an error before anything is written
+        threads = thread_count()  # a bad SPIRALCTL_THREADS is an error before anything is written
+        if threads > (cores := available_cores()):
+            notes.append(
+                f"SPIRALCTL_THREADS={threads} is more than the {cores} cores this process may use; "
+                "the threads share them"
+            )
     if out is not None and not str(out).strip():
         raise SpiralError("is empty; give a folder for the run", option="out")
     source_dir = Path(resume_path).parent if resume_path is not None else None

@@ -103,6 +103,31 @@ def test_a_bad_thread_count_is_refused(monkeypatch, run, small_data, trained_run
     )
 
 
+def test_more_threads_than_cores_gets_a_note(run, small_data, tmp_path, monkeypatch):
+    from spiralctl import commands
+
+    monkeypatch.setattr(commands, "available_cores", lambda: 2)
+    args = [
+        "train",
+        "--data",
+        small_data,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        1,
+        "--hidden",
+        4,
+        "--batch-size",
+        32,
+    ]
+    result = run(*args, "--no-plots", "--device", "cpu", env={"SPIRALCTL_THREADS": "5"})
+    assert result.exit_code == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: SPIRALCTL_THREADS=5 is more than the 2 cores this process may use; the threads share them"
+    ]
+
+
 def test_threads_are_on_only_inside_their_context(restore_threads):
     import threading
 
