@@ -84,6 +84,29 @@ def test_cpu_workers_are_forked_compile_right_and_write_their_own_cache(tmp_path
     assert result["reopened"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_workers_are_forked_after_weights_came_from_numpy(tmp_path):
+    """eval and predict load a checkpoint's weights from numpy arrays, which opens tinygrad's NPY
+    device: the workers are still forked (spawned ones made `predict | head -1` print warnings
+    about leaked semaphores, now and then, as the process exited)."""
+    result = _python(
+        """
+        from tinygrad import Device
+        device = resolve_device("cpu")
+        Tensor(np.ones(4, dtype=np.float32), device=device).realize()
+        opened = sorted(Device._opened_devices)
+        start_compile_workers(device)
+        method = worker.worker_pool._ctx.get_start_method()
+        values = two_kernels(1.0)
+        stop_compile_workers()
+        print(json.dumps({"opened": opened, "method": method, "values": values}))
+        """,
+        tmp_path / "cache.db",
+    )
+    assert "NPY" in result["opened"]
+    assert result["method"] == "fork" and result["values"] == [sum(2 * (v + 1) + 1 for v in range(8)), 5.0]
+
+
 def test_workers_are_spawned_when_another_thread_runs(tmp_path):
     result = _python(
         """

@@ -8,7 +8,8 @@ SIGTERM too (spiralctl itself finishes the step, saves and exits) and that die w
 parent on Linux, and `stop_compile_workers` ends them without waiting on the pool's locks.
 
 On Linux, for the CPU, the workers are forked from spiralctl itself while it runs no other
-Python thread and has opened no other device: they start with tinygrad imported and its pattern
+Python thread and has opened no other device (but tinygrad's NPY, numpy arrays that eval and
+predict load weights from): they start with tinygrad imported and its pattern
 matchers compiled (spawned ones import and compile them again, about 0.3 s each before their
 first kernel), which is a fifth of a cold seed run. A worker that dies is not replaced (a fork
 then would happen while other threads run). Anywhere else (macOS, a
@@ -116,7 +117,7 @@ def _forkable(device: str | None) -> bool:
         sys.platform.startswith("linux")
         and device is not None
         and is_cpu(device)
-        and all(is_cpu(opened) for opened in Device._opened_devices)
+        and all(is_cpu(opened) or opened.split(":")[0] == "NPY" for opened in Device._opened_devices)
         and threading.active_count() == 1
         and "fork" in multiprocessing.get_all_start_methods()
     )
