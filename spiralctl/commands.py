@@ -174,9 +174,8 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
         config = replace(config, batch_size=len(train))
 
     inputs = train.x.shape[2]
-    parameters = sum(int(np.prod(shape)) for shape in ModelConfig(inputs, config.hidden).shapes().values())
     # the initial weights, the parameters, their gradients and Adam's two moments, in float32
-    state = 5 * 4 * parameters
+    state = 5 * 4 * ModelConfig(inputs, config.hidden).parameter_count()
 
     def needed(batch: int) -> int:
         return state + step_bytes(PackedBatch(batch, train.length, inputs), config.hidden)

@@ -38,6 +38,9 @@ class ModelConfig:
             "head.bias": (1,),
         }
 
+    def parameter_count(self) -> int:
+        return sum(int(np.prod(shape)) for shape in self.shapes().values())
+
 
 def init_parameters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
     """PyTorch's default init (uniform in +-1/sqrt(hidden)), from a numpy generator.

@@ -321,16 +321,7 @@ GRAD_ROWS, GRAD_COLS = (8, 4), (4, 2)
 SMALL_GRAD_ROWS, SMALL_GRAD_COLS = (4, 2), (2, 1)
 
 
-def _blocked_dot(
-    ids: itertools.count,
-    jo: UOp,
-    rows: int,
-    out: UOp,
-    a: UOp,
-    b_in: UOp,
-    cols: int,
-    loops: tuple[UOp, ...] = (),
-) -> UOp:
+def _blocked_dot(ids: itertools.count, jo: UOp, rows: int, out: UOp, a: UOp, b_in: UOp, cols: int) -> UOp:
     """Rows jo*rows .. +rows of out[j, k] = sum over t < T and b of a[t, j, b] * b_in[t, k, b];
     a: [T, J, B], b_in: [T', K, B].
 
@@ -339,8 +330,8 @@ def _blocked_dot(
     block) loop loads rows + cols vectors and does rows x cols multiply-adds. The lanes are
     added up once per tile. With the lanes a loop, clang 14 keeps the sums in a stack array and
     loads and stores one for every multiply-add, so that this form is bound by stores (H = 512:
-    240 GFLOP/s on 2 Zen 5 cores); the column form below avoids that for H >= 128. `loops`: the
-    ranges jo is made of, when it is not a range itself.
+    240 GFLOP/s on 2 Zen 5 cores); the column form below avoids that for H >= 128. jo: a range,
+    or an expression of ranges.
     """
     steps, _, batch = a.shape
     lanes = _lanes(batch)
@@ -353,7 +344,7 @@ def _blocked_dot(
     li = rng(lanes)
     # after jo as well as ko: when jo is a plain loop (a small step, _split), a zeroing that did
     # not name it would run once, outside it, and every tile after the first would add to the last
-    zeroed = UOp.group(*(s.after(*(loops or (jo,)), ko)[li].store(0.0) for s in sums)).end(li)
+    zeroed = UOp.group(*(s.after(*jo.ranges, ko)[li].store(0.0) for s in sums)).end(li)
     sums = [s.after(zeroed) for s in sums]
     # the lanes as a loop (the sums in a stack array, see above) are faster when the number of
     # batch blocks is a power of two; at other counts the lanes written out (UPCAST: the sums in
@@ -449,7 +440,7 @@ def _weight_gradient_kernel(d_w_hh: UOp, d_w_in: UOp, dz: UOp, hs: UOp, xa: UOp,
         ji = UOp.range(rows // in_rows, next(ids))
         both = UOp.group(
             _column_dot(ids, jo, rows, d_w_hh, dz, hs),
-            _blocked_dot(ids, jo * (rows // in_rows) + ji, in_rows, d_w_in, dz, xa, 1, (jo, ji)).end(ji),
+            _blocked_dot(ids, jo * (rows // in_rows) + ji, in_rows, d_w_in, dz, xa, 1).end(ji),
         )
     else:
         small = _small(batch, hidden)
