@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -115,3 +116,50 @@ def test_a_wheel_holds_every_module_of_the_package(tmp_path):
     inside = {name for name in ZipFile(wheel).namelist() if name.endswith(".py")}
     source = {str(p.relative_to(root)) for p in (root / "spiralctl").rglob("*.py")}
     assert source <= inside, sorted(source - inside)
+
+
+@pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")
+def test_the_command_ends_with_its_output_and_caches_whole(small_data, tmp_path):
+    """The command skips the interpreter's teardown (spiralctl.entry.leave): its output and its
+    caches must still be whole."""
+    env = {**os.environ, "CACHEDB": str(tmp_path / "cache" / "cache.db")}
+    args = ("train", "--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32, "--json")
+    result = _run(*args, "--out", tmp_path / "run", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["last"]["epoch"] == 2
+    cache = tmp_path / "cache"
+    assert any(cache.glob("spiralctl-programs-*.pkl"))  # the finished programs were saved
+    with sqlite3.connect(cache / "cache.db") as db:  # and tinygrad's binaries are whole
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    result = _run("eval", tmp_path / "run" / "last.safetensors", "missing.safetensors", env=env)
+    assert result.returncode == 2 and result.stderr.startswith("error: ")  # exit codes carry through
+
+
+def _leaving(script: str) -> subprocess.CompletedProcess:
+    code = "import atexit, sys, threading\nfrom spiralctl.entry import leave\n" + script
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_leave_runs_the_atexit_handlers_flushes_and_exits_with_the_code():
+    result = _leaving(
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "sys.stdout.write('buffered, ')\n"  # a pipe: block-buffered, not yet written
+        "leave(7)\n"
+        "print('not reached')\n"
+    )
+    assert result.returncode == 7
+    assert result.stdout == "buffered, atexit ran\n"
+
+
+def test_leave_lets_python_exit_while_another_thread_runs():
+    result = _leaving(
+        "go = threading.Event()\n"
+        "worker = threading.Thread(target=lambda: (go.wait(), print('thread finished')))\n"
+        "worker.start()\n"
+        "leave(0)\n"
+        "print('returned', flush=True)\n"
+        "go.set()\n"
+    )
+    assert result.returncode == 0
+    assert result.stdout == "returned\nthread finished\n"
