@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from spiralctl.errors import SpiralError
+from spiralctl.kernels.programs import before_cpu_device
 
 # What users type, the tinygrad devices behind it (first that works wins), and how to get it.
 BACKENDS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -95,6 +96,8 @@ def probe(device: str) -> tuple[bool, str]:
     from tinygrad import Device
 
     try:
+        if base == "CPU":
+            before_cpu_device()
         Device[device]
     except sqlite3.OperationalError as exc:  # tinygrad opens its kernel cache as it sets a device up
         return False, CACHE_PROBLEM.format(path=_cache_path(), error=exc)

@@ -44,7 +44,8 @@ codegen.do_to_program = capture
 loaded = load_programs()
 config = TrainConfig(**json.loads(sys.argv[1]))
 commands.train(config, data_dir=sys.argv[2], out=sys.argv[3], device="cpu", plots=False)
-# tinygrad's CPU device makes 4 runtime programs of its own, not through to_program's cache
+# the CPU device's own 4 programs are in the file only if this test's first process opened its
+# device through spiralctl (test_the_cpu_devices_own_programs_are_cached_too)
 runtime = ("signal_prog", "wait_prog", "timestamp_prog", "worker_prog")
 trained, before = [name for name in names if name not in runtime], len(names)
 (Tensor(np.arange(7919, dtype=np.float32), device="CPU") * 3.5).realize()
@@ -96,6 +97,46 @@ def test_a_second_process_lowers_nothing_the_first_saved_and_trains_to_the_same_
     assert "E_7919" in report["control"], report  # the hook counts: a kernel the cache lacks
     assert _losses(tmp_path / "second") == _losses(first)
     assert programs._read(cache_file) == saved  # the second process had nothing new to add
+
+
+OPEN_CPU = """
+import json
+import numpy as np
+import tinygrad.codegen as codegen
+from tinygrad import Tensor
+from spiralctl.devices import probe
+from spiralctl.kernels.programs import save_programs
+
+names = []
+lower = codegen.do_to_program
+def capture(ast, renderer):
+    program = lower(ast, renderer)
+    names.append(program.src[0].arg.name)
+    return program
+codegen.do_to_program = capture
+assert probe("CPU") == (True, "")
+opened = list(names)
+result = (Tensor(np.arange(5, dtype=np.float32), device="CPU") * 2).tolist()
+print(json.dumps({"opened": opened, "saved": save_programs(), "result": result}))
+"""
+
+
+def test_the_cpu_devices_own_programs_are_cached_too(tmp_path):
+    """tinygrad's CPU device makes four programs of its own as it opens; the second process loads
+    them from the cache file rather than generating their code again."""
+    env = {**os.environ, "CACHEDB": str(tmp_path / "cache" / "cache.db"), "PARALLEL": "0", "DEV": "CPU"}
+    reports = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, "-c", OPEN_CPU], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout.splitlines()[-1]))
+    first, second = reports
+    assert sorted(first["opened"]) == ["signal_prog", "timestamp_prog", "wait_prog", "worker_prog"]
+    assert first["saved"] >= 5  # the device's four and the multiplication
+    assert second["opened"] == [] and second["saved"] == 0
+    assert first["result"] == second["result"] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
 def _file_bytes(header: dict, pairs: list, *, digest: bytes | None = None) -> bytes:
