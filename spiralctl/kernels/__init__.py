@@ -11,4 +11,9 @@ threads   the CPU kernels' slices on every core, 512-bit vectors, denormals flus
 replay    a captured training step called as its compiled programs, without the jit's checks
 workers   tinygrad's compile workers, proof against a process group's SIGTERM
 programs  finished programs kept on disk, so a new process generates no code it made before
+indices   64-bit index arithmetic in CPU code, which newer clangs need to vectorise it
 """
+
+from spiralctl.kernels import indices
+
+indices.install()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from spiralctl.kernels.threads import cpu_description
 
-FORMAT = "spiralctl-programs/1"
+FORMAT = "spiralctl-programs/2"  # 2: CPU programs with 64-bit indices (kernels/indices.py)
 MAGIC = FORMAT.encode() + b"\n"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 MAX_ENTRIES = 512  # loading costs about 1 ms an entry, on every run; a CLI run makes 5-20

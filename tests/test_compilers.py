@@ -1,0 +1,177 @@
+"""The CPU kernels' C code under every clang on this machine (clang-14 ... clang-24 on PATH).
+
+Their indices are 64-bit (spiralctl/kernels/indices.py): with 32-bit ones clang 19 left the inner
+loops of the forward and backward kernels scalar, ten times slower than clang 14's. Tests never
+time anything: they check what each clang reports it vectorised, and the numbers its kernels give.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import lstm_numpy, render
+from tinygrad import Device, Tensor
+from tinygrad.codegen import to_program
+from tinygrad.uop.ops import Ops
+
+from spiralctl.kernels.lstm import lstm
+from spiralctl.kernels.threads import cpu_threads, use_cpu_threads
+
+CLANGS = [f"clang-{n}" for n in range(14, 25) if shutil.which(f"clang-{n}")]
+# the kernels whose inner loops carry the work; the head's small reductions are not vectorised
+# by any clang, and need not be
+VECTORISED = ("lstm_forward", "lstm_backward", "lstm_weight_grad")
+# (batch, steps, hidden): the tiles (H < 128) and the weight gradients' column form (H >= 128)
+SHAPES = [(64, 3, 32), (32, 2, 128)]
+
+
+def _inputs(batch, steps, hidden, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(batch, steps, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
+    return arrays, rng.standard_normal((batch, hidden)).astype(np.float32)
+
+
+def _outputs(arrays, grad_h) -> list[Tensor]:
+    """h and every input's gradient, through the fused kernels (not realised)."""
+    tensors = [Tensor(a, device="CPU") for a in arrays]
+    h = lstm(*tensors)
+    (h * Tensor(grad_h, device="CPU")).sum().backward()
+    return [h, *(t.grad for t in tensors)]
+
+
+@functools.cache
+def _kernels(batch, steps, hidden) -> dict:
+    """The fused kernels' ASTs, as tinygrad hands them to code generation."""
+    outputs = _outputs(*_inputs(batch, steps, hidden))
+    linear = outputs[0].schedule_linear(*outputs[1:])
+    asts = [call.src[0] for call in linear.toposort() if call.op is Ops.CALL and call.src[0].op is Ops.SINK]
+    return {ast.arg.name: ast for ast in asts if ast.arg.name.startswith("lstm_")}
+
+
+@functools.cache
+def _cpu_sources(batch, steps, hidden) -> dict[str, str]:
+    """Each fused kernel's C source for this CPU, as a run makes it (inside cpu_threads)."""
+    try:
+        with cpu_threads("CPU"):
+            renderer = Device["CPU"].renderer
+            kernels = _kernels(batch, steps, hidden)
+            programs = {name: to_program(ast, renderer) for name, ast in kernels.items()}
+    finally:
+        use_cpu_threads(1)
+    return {name: next(s.arg for s in p.src if s.op is Ops.SOURCE) for name, p in programs.items()}
+
+
+LOOP = re.compile(r"for \((\w+) [LR]idx")
+
+
+@pytest.mark.parametrize("batch, steps, hidden", SHAPES)
+def test_cpu_code_indexes_with_64_bit_integers_and_gpu_code_with_32(batch, steps, hidden):
+    sources = _cpu_sources(batch, steps, hidden)
+    assert set(VECTORISED) <= set(sources)
+    for name, source in sources.items():
+        assert set(LOOP.findall(source)) == {"long"}, name
+    cuda, _, _ = render(_kernels(batch, steps, hidden)["lstm_forward"], "CUDA")
+    assert set(LOOP.findall(cuda)) <= {"int"} and "long" not in cuda
+
+
+def _clang_flags() -> list[str]:
+    """tinygrad's flags for this CPU's kernels (spiralctl's 512-bit vectors included)."""
+    try:
+        with cpu_threads("CPU"):
+            args = list(Device["CPU"].compiler.args)
+    finally:
+        use_cpu_threads(1)
+    return ["-c", "-x", "c", "-O2", "-fPIC", "-ffreestanding", "-fno-math-errno", "-nostdlib", *args]
+
+
+def _innermost_loops(source: str) -> set[int]:
+    """The lines (from 1) of the loops in `source` with no loop inside."""
+    innermost, stack = set(), []  # stack: [line, is a loop, has a loop inside] per open brace
+    for number, line in enumerate(source.splitlines(), 1):
+        if line.rstrip().endswith("{"):
+            loop = LOOP.search(line) is not None
+            if loop:
+                for block in stack:
+                    block[2] = True
+            stack.append([number, loop, False])
+        elif line.strip().startswith("}") and stack:
+            number_open, loop, inner = stack.pop()
+            if loop and not inner:
+                innermost.add(number_open)
+    return innermost
+
+
+@pytest.mark.skipif(not CLANGS, reason="no clang-N on PATH")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 flags")
+@pytest.mark.parametrize("clang", CLANGS)
+@pytest.mark.parametrize("batch, steps, hidden", SHAPES)
+def test_every_clang_vectorises_the_inner_loops(clang, batch, steps, hidden, tmp_path):
+    flags = _clang_flags()
+    vector_types = [
+        f"typedef float float{n} __attribute__((aligned({4 * n}),ext_vector_type({n})));" for n in (2, 4)
+    ]
+    for name in VECTORISED:
+        source = _cpu_sources(batch, steps, hidden)[name]
+        lines = [line for line in source.splitlines() if not line.startswith("typedef ")]
+        code = "\n".join(vector_types + lines) + "\n"
+        path = tmp_path / f"{name}.c"
+        path.write_text(code)
+        result = subprocess.run(
+            [clang, *flags, "-Rpass-missed=loop-vectorize", "-o", os.devnull, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        remark = rf"{name}\.c:(\d+):\d+: remark: loop not vectorized"
+        missed = {int(line) for line in re.findall(remark, result.stderr)}
+        innermost = _innermost_loops(code)
+        assert len(innermost) >= 3, name
+        assert not missed & innermost, (name, result.stderr[:3000])
+        assert "unsafe" not in result.stderr, (name, result.stderr[:3000])
+
+
+# a process of its own, so that tinygrad runs CC (read once) and has a cache of its own: its
+# binaries are keyed by the source, not by the compiler that built them
+RUN_KERNELS = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_compilers import SHAPES, _inputs, _outputs
+from spiralctl.kernels.threads import cpu_threads
+
+results = []
+with cpu_threads("CPU"):
+    for shape in SHAPES:
+        arrays, grad_h = _inputs(*shape)
+        results.append([o.numpy().tolist() for o in _outputs(arrays, grad_h)])
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not CLANGS, reason="no clang-N on PATH")
+@pytest.mark.parametrize("clang", CLANGS)
+def test_every_clangs_kernels_give_the_reference_numbers(clang, tmp_path):
+    env = {**os.environ, "CC": clang, "CACHEDB": str(tmp_path / "cache.db"), "PARALLEL": "0", "DEV": "CPU"}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_KERNELS, tests], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for shape, outputs in zip(SHAPES, json.loads(result.stdout)):
+        arrays, grad_h = _inputs(*shape)
+        want_h, want = lstm_numpy(*arrays, grad_h)
+        h, d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = (np.array(o) for o in outputs)
+        np.testing.assert_allclose(h, want_h, atol=1e-5, err_msg=f"{clang} {shape}")
+        for got, name in ((d_x, "x"), (d_w_ih, "w_ih"), (d_w_hh, "w_hh"), (d_b_ih, "b"), (d_b_hh, "b")):
+            np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=f"{clang} {shape} {name}")
