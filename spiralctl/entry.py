@@ -32,23 +32,31 @@ def main() -> None:
 
 def leave(code: int) -> None:
     """End the process now with `code`, once what Python's own exit would do has been done;
-    return (and let Python exit) where skipping the rest would not be safe."""
+    return (and let Python exit) where skipping the rest would not be safe: another thread still
+    running, a profiler or tracer (`python -m cProfile -m spiralctl`, coverage, a debugger) that
+    reports at exit, `python -i`, or a stream that does not flush."""
     import atexit
+    import signal
 
+    if sys.gettrace() is not None or sys.getprofile() is not None or sys.flags.inspect:
+        return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return  # Python waits for it: so do we
-    atexit._run_exitfuncs()  # each runs once: Python's exit finds none left
-    tinygrad = sys.modules.get("tinygrad.helpers")
-    if (db := getattr(tinygrad, "_db_connection", None)) is not None:
-        try:
+    # a Ctrl-C or SIGTERM from here on would only interrupt the ending: the process ends as the
+    # command did (the atexit handlers still run, as Python runs them, with these held back)
+    mask = getattr(signal, "pthread_sigmask", None)  # not on Windows
+    held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+    try:
+        atexit._run_exitfuncs()  # each runs once: Python's exit finds none left
+        tinygrad = sys.modules.get("tinygrad.helpers")
+        if (db := getattr(tinygrad, "_db_connection", None)) is not None:
             db.close()  # as the interpreter's teardown would
             tinygrad._db_connection = None
-        except Exception:
-            return
-    for stream in (sys.stdout, sys.stderr):
-        try:
+        for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}.values():
             if stream is not None:
                 stream.flush()
-        except Exception:
-            return  # Python's exit reports it, as it would have
+    except Exception:  # Python's exit reports it, as it would have
+        if mask:
+            mask(signal.SIG_SETMASK, held)
+        return
     os._exit(code)

@@ -127,7 +127,15 @@ def test_every_clang_vectorises_the_inner_loops(clang, batch, steps, hidden, tmp
         path = tmp_path / f"{name}.c"
         path.write_text(code)
         result = subprocess.run(
-            [clang, *flags, "-Rpass-missed=loop-vectorize", "-o", os.devnull, str(path)],
+            [
+                clang,
+                *flags,
+                "-Rpass-missed=loop-vectorize",
+                "-Rpass-analysis=loop-vectorize",
+                "-o",
+                os.devnull,
+                str(path),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -138,18 +146,22 @@ def test_every_clang_vectorises_the_inner_loops(clang, batch, steps, hidden, tmp
         innermost = _innermost_loops(code)
         assert len(innermost) >= 3, name
         assert not missed & innermost, (name, result.stderr[:3000])
-        assert "unsafe" not in result.stderr, (name, result.stderr[:3000])
+        assert "unsafe" not in result.stderr, (name, result.stderr[:3000])  # the analysis' reason
 
 
 # a process of its own, so that tinygrad runs CC (read once) and has a cache of its own: its
-# binaries are keyed by the source, not by the compiler that built them
+# binaries are keyed by the source, not by the compiler that built them. argv: the tests'
+# folder, and "32" to generate code with tinygrad's own 32-bit indices
 RUN_KERNELS = """
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from test_compilers import SHAPES, _inputs, _outputs
+from spiralctl.kernels import indices
 from spiralctl.kernels.threads import cpu_threads
 
+if sys.argv[2:] == ["32"]:
+    indices._widened = lambda renderer: False
 results = []
 with cpu_threads("CPU"):
     for shape in SHAPES:
@@ -159,19 +171,67 @@ print(json.dumps(results))
 """
 
 
+def _run_kernels(tmp_path, *args, **env) -> list:
+    """The outputs of every shape's kernels, from a new process with a new kernel cache."""
+    env = {**os.environ, "CACHEDB": str(tmp_path / "cache.db"), "PARALLEL": "0", "DEV": "CPU", **env}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_KERNELS, tests, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 @pytest.mark.skipif(not CLANGS, reason="no clang-N on PATH")
 @pytest.mark.parametrize("clang", CLANGS)
 def test_every_clangs_kernels_give_the_reference_numbers(clang, tmp_path):
-    env = {**os.environ, "CC": clang, "CACHEDB": str(tmp_path / "cache.db"), "PARALLEL": "0", "DEV": "CPU"}
-    tests = os.path.dirname(os.path.abspath(__file__))
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_KERNELS, tests], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    for shape, outputs in zip(SHAPES, json.loads(result.stdout)):
+    for shape, outputs in zip(SHAPES, _run_kernels(tmp_path, CC=clang)):
         arrays, grad_h = _inputs(*shape)
         want_h, want = lstm_numpy(*arrays, grad_h)
         h, d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = (np.array(o) for o in outputs)
         np.testing.assert_allclose(h, want_h, atol=1e-5, err_msg=f"{clang} {shape}")
         for got, name in ((d_x, "x"), (d_w_ih, "w_ih"), (d_w_hh, "w_hh"), (d_b_ih, "b"), (d_b_hh, "b")):
             np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=f"{clang} {shape} {name}")
+
+
+def test_64_bit_indices_give_the_same_bits_as_32(tmp_path):
+    assert _run_kernels(tmp_path / "64") == _run_kernels(tmp_path / "32", "32")
+
+
+# tinygrad's own compile workers (spiralctl's are not started): spawned, and given nothing of
+# spiralctl's to unpickle but the initializer that kernels/indices.py puts in tinygrad's place
+POOL = """
+import json, re, sys
+sys.path.insert(0, sys.argv[1])
+from tinygrad import Tensor
+from tinygrad.codegen import to_program_cache
+from tinygrad.engine import worker
+from tinygrad.uop.ops import Ops
+from test_compilers import LOOP, _inputs, _outputs
+
+Tensor.realize(*_outputs(*_inputs(64, 3, 32)))
+assert worker.worker_pool is not None  # the kernels were compiled in tinygrad's pool
+loops = {}
+for program in to_program_cache.values():
+    name = program.src[0].arg.name
+    if name.startswith("lstm_"):
+        source = next(s.arg for s in program.src if s.op is Ops.SOURCE)
+        loops[name] = sorted(set(LOOP.findall(source)))
+print(json.dumps(loops))
+"""
+
+
+def test_tinygrads_own_spawned_workers_generate_64_bit_indices_too(tmp_path):
+    env = {**os.environ, "CACHEDB": str(tmp_path / "cache.db"), "PARALLEL": "2", "DEV": "CPU"}
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(
+        [sys.executable, "-c", POOL, tests], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    loops = json.loads(result.stdout.splitlines()[-1])
+    assert set(VECTORISED) <= set(loops)
+    assert all(kinds == ["long"] for kinds in loops.values()), loops

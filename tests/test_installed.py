@@ -136,6 +136,62 @@ def test_the_command_ends_with_its_output_and_caches_whole(small_data, tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error: ")  # exit codes carry through
 
 
+# the command as its console script runs it, with os._exit watched
+FAST = """
+import os, sys
+from spiralctl.entry import main
+
+real = os._exit
+def watched(code):
+    sys.__stderr__.write(f"fast exit {code}\\n")
+    sys.__stderr__.flush()
+    real(code)
+os._exit = watched
+sys.argv = ["spiralctl", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_training_ends_by_the_fast_exit(small_data, tmp_path):
+    env = {**os.environ, "CACHEDB": str(tmp_path / "cache" / "cache.db")}
+    args = [
+        "train",
+        "--data",
+        str(small_data),
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", FAST, *args, "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith("fast exit 0\n")  # no other thread, every stream flushed
+    assert json.loads(result.stdout)["last"]["epoch"] == 1
+    again = subprocess.run(
+        [sys.executable, "-c", FAST, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert again.returncode == 2 and again.stderr.endswith("fast exit 2\n")  # the run folder exists
+
+
+def test_a_profiler_still_gets_its_report(tmp_path):
+    """`python -m cProfile -m spiralctl` writes its profile at exit: no fast exit under it."""
+    out = tmp_path / "spiralctl.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "spiralctl", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("spiralctl "), result.stderr
+    import pstats
+
+    assert pstats.Stats(str(out)).total_calls > 0
+
+
 def _leaving(script: str) -> subprocess.CompletedProcess:
     code = "import atexit, sys, threading\nfrom spiralctl.entry import leave\n" + script
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
