@@ -6,6 +6,7 @@ import ctypes.util
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -78,6 +79,10 @@ CACHE_PROBLEM = (
     "tinygrad's kernel cache {path} cannot be opened ({error}); make its folder writable, "
     "point CACHEDB at a file in a writable folder, or set CACHELEVEL=0"
 )
+DAMAGED_CACHE = (
+    "tinygrad's kernel cache {path} is not a cache ({error}); point CACHEDB at a new file, "
+    "or set CACHELEVEL=0"
+)
 
 
 def _cache_path() -> str:
@@ -89,7 +94,10 @@ def _cache_path() -> str:
 def probe(device: str) -> tuple[bool, str]:
     """Can tinygrad open `device` here? Returns (ok, reason when not)."""
     base = device.split(":")[0].upper()
-    if base == "CPU" and ":LLVM" not in device.upper() and shutil.which("clang") is None:
+    compiler = os.environ.get("CC") or "clang"  # tinygrad's C compiler
+    if base == "CPU" and ":LLVM" not in device.upper() and shutil.which(compiler) is None:
+        if compiler != "clang":
+            return False, f"CC names {compiler}, which is not found; unset CC to use clang"
         return False, "clang is not installed; " + BACKENDS["cpu"][1]
     if (missing := _missing_driver(base)) is not None:
         return False, missing
@@ -101,6 +109,10 @@ def probe(device: str) -> tuple[bool, str]:
         Device[device]
     except sqlite3.OperationalError as exc:  # tinygrad opens its kernel cache as it sets a device up
         return False, CACHE_PROBLEM.format(path=_cache_path(), error=exc)
+    except sqlite3.DatabaseError as exc:  # the file is there but is no SQLite database
+        return False, DAMAGED_CACHE.format(path=_cache_path(), error=exc)
+    except subprocess.CalledProcessError as exc:  # the C compiler, on the device's own programs
+        return False, f"the C compiler ({exc.cmd[0]}) failed with exit code {exc.returncode}; check CC"
     except Exception as exc:  # tinygrad raises many kinds when a runtime is missing
         text = str(exc).strip().splitlines()
         return False, (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:200]
@@ -151,7 +163,7 @@ def resolve_device(requested: str = "auto") -> str:
                 if probe(device)[0]:
                     return device
         cpu_reason = probe("CPU")[1]
-        if "kernel cache" in cpu_reason:
+        if not cpu_reason.startswith("clang is not installed"):  # the cache, CC, or tinygrad
             raise SpiralError(f"auto: the CPU cannot be used: {cpu_reason}", option="device")
         raise SpiralError(
             "auto: no usable device found; " + BACKENDS["cpu"][1] + " (see `spiralctl devices`)",

@@ -12,6 +12,7 @@ that does not flush, the process ends the usual way."""
 import os
 import sys
 import threading
+from contextlib import suppress
 
 EXIT_INTERRUPTED = 130  # spiralctl.errors.EXIT_INTERRUPTED, which is not loaded yet
 
@@ -48,10 +49,7 @@ def leave(code: int) -> None:
     held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
     try:
         atexit._run_exitfuncs()  # each runs once: Python's exit finds none left
-        tinygrad = sys.modules.get("tinygrad.helpers")
-        if (db := getattr(tinygrad, "_db_connection", None)) is not None:
-            db.close()  # as the interpreter's teardown would
-            tinygrad._db_connection = None
+        _close_kernel_cache(sys.modules.get("tinygrad.helpers"))
         for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}.values():
             if stream is not None:
                 stream.flush()
@@ -60,3 +58,22 @@ def leave(code: int) -> None:
             mask(signal.SIG_SETMASK, held)
         return
     os._exit(code)
+
+
+def _close_kernel_cache(tinygrad) -> None:
+    """Close tinygrad's kernel cache (SQLite) as the interpreter's teardown would. When no other
+    process has it open, the last connection to close folds the write-ahead log into cache.db and
+    deletes cache.db-wal and -shm; the compile workers, killed at exit, never close theirs, so a
+    process whose own connection is gone (closed before the workers were forked) opens one to
+    close."""
+    if tinygrad is None:
+        return
+    db, tinygrad._db_connection = tinygrad._db_connection, None
+    if db is None and os.path.exists(f"{tinygrad.CACHEDB}-wal"):
+        import sqlite3
+
+        db = sqlite3.connect(tinygrad.CACHEDB, timeout=1)
+        with suppress(sqlite3.Error):
+            db.execute("PRAGMA schema_version").fetchone()  # SQLite opens the files lazily
+    if db is not None:
+        db.close()

@@ -129,6 +129,8 @@ def test_the_command_ends_with_its_output_and_caches_whole(small_data, tmp_path)
     assert json.loads(result.stdout)["last"]["epoch"] == 2
     cache = tmp_path / "cache"
     assert any(cache.glob("spiralctl-programs-*.pkl"))  # the finished programs were saved
+    # closed for good: the killed compile workers' write-ahead log folded into cache.db
+    assert not list(cache.glob("cache.db-*")), list(cache.iterdir())
     with sqlite3.connect(cache / "cache.db") as db:  # and tinygrad's binaries are whole
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
@@ -190,6 +192,24 @@ def test_a_profiler_still_gets_its_report(tmp_path):
     import pstats
 
     assert pstats.Stats(str(out)).total_calls > 0
+
+
+@pytest.mark.skipif(not os.path.exists(EXE), reason="spiralctl is not installed in this environment")
+def test_a_damaged_kernel_cache_or_a_missing_cc_is_named(trained_run, small_data, tmp_path):
+    args = ("eval", trained_run / "best.safetensors", small_data / "val.safetensors", "--device", "cpu")
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database" * 100)
+    result = _run(*args, env={**os.environ, "CACHEDB": str(damaged)})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "kernel cache" in result.stderr and "is not a cache" in result.stderr
+    assert "install clang" not in result.stderr
+    assert damaged.read_bytes() == b"not a database" * 100  # not ours to touch
+    missing = {**os.environ, "CACHEDB": str(tmp_path / "new" / "cache.db"), "CC": "clang-that-is-not-there"}
+    result = _run(*args, env=missing)
+    assert result.returncode == 2 and "CC names clang-that-is-not-there" in result.stderr, result.stderr
+    failing = {**missing, "CC": "false"}  # a compiler that fails, on a new cache
+    result = _run(*args, env=failing)
+    assert result.returncode == 2 and "the C compiler (false) failed with exit code 1" in result.stderr
 
 
 def _leaving(script: str) -> subprocess.CompletedProcess:

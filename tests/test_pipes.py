@@ -205,6 +205,21 @@ def test_a_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "error: interrupted\n"
 
 
+def test_a_ctrl_c_while_the_command_line_is_built_is_one_line(monkeypatch, capsys):
+    import typer
+
+    from spiralctl import cli
+
+    def interrupted(app):  # the user's Ctrl-C, while Typer reads the options' annotations
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", interrupted)
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
+
+
 def test_a_ctrl_c_before_a_run_starts_says_so(run, small_data, monkeypatch):
     def interrupted(*args, **kwargs):  # before train() sets up its own signal handling
         raise KeyboardInterrupt

@@ -233,3 +233,44 @@ def test_a_forked_worker_that_dies_is_not_forked_again(tmp_path):
     )
     assert sorted(result["methods"]) == ["_Gone", "fork"]
     assert result["alive"] == [False, False]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_a_ctrl_c_as_the_workers_start_leaves_them_ready_to_be_killed(tmp_path):
+    """A Ctrl-C that arrives while the pool is made is held back until the pool is set up: its
+    KeyboardInterrupt leaves a pool that the process kills at exit (it used to keep
+    multiprocessing's finalizer, which joined the workers forever)."""
+    result = _python(
+        """
+        import signal
+        from spiralctl.kernels import workers
+        device = resolve_device("cpu")
+        made = workers._fork_pool
+        def interrupted_while_made(processes):
+            pool = made(processes)
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, right now
+            return pool
+        workers._fork_pool = interrupted_while_made
+        try:
+            start_compile_workers(device)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+        pids = [p.pid for p in worker.worker_pool._pool]
+        print(json.dumps({"interrupted": interrupted, "pids": pids}))
+        """,
+        tmp_path / "cache.db",
+    )
+    assert result["interrupted"] and len(result["pids"]) == 2
+    for pid in result["pids"]:  # killed and reaped at the process's exit
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_a_worker_whose_parent_is_already_gone_ends():
+    """A worker starting after its parent died (a SIGTERM just after the fork) would never get
+    the parent-death signal: it ends itself rather than waiting for work forever."""
+    code = "from spiralctl.kernels.workers import _init_worker\n_init_worker(parent=1)\nprint('went on')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "", done.stderr

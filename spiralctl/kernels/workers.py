@@ -24,6 +24,7 @@ import ctypes.util
 import multiprocessing
 import multiprocessing.pool
 import multiprocessing.util
+import os
 import signal
 import sys
 import threading
@@ -34,7 +35,7 @@ from contextlib import contextmanager, suppress
 PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(forked: bool = False) -> None:
+def _init_worker(parent: int, forked: bool = False) -> None:
     from tinygrad.engine import worker
 
     worker._init_worker()
@@ -49,6 +50,8 @@ def _init_worker(forked: bool = False) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above: no signal will come
+        os._exit(0)
 
 
 class _Gone:
@@ -84,7 +87,8 @@ class _ForkedPool(multiprocessing.pool.Pool):
             return _Gone()
 
         self.Process = process
-        super().__init__(processes, _init_worker, (True,), context=multiprocessing.get_context("fork"))
+        fork = multiprocessing.get_context("fork")
+        super().__init__(processes, _init_worker, (os.getpid(), True), context=fork)
 
 
 @contextmanager
@@ -147,20 +151,24 @@ def start_compile_workers(device: str | None = None) -> None:
 
     if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
         return
+    # everything up to the pool's own finalizer being replaced happens with Ctrl-C and SIGTERM
+    # held back: one that arrived in between left the default finalizer, which joins the
+    # workers (they ignore its SIGTERM) forever
     with _ignored_by_new_processes(signal.SIGINT, signal.SIGTERM):
         if _forkable(device):
             pool = _fork_pool(PARALLEL.value)
         else:
             max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
-            pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (), max_tasks)
-    # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever: it
-    # kills them instead, at exit (also in a process that multiprocessing started, a tune worker,
-    # where atexit handlers do not run but these finalizers do) and when tinygrad terminates the
-    # pool itself (after a Ctrl-C during a compile), which its own terminate() would not do
-    pool._terminate.cancel()
-    pool._terminate = multiprocessing.util.Finalize(pool, _kill, args=(pool,), exitpriority=15)
-    pool.terminate = pool._terminate
-    worker.worker_pool = pool
+            pool = worker._WorkerContext().Pool(PARALLEL.value, _init_worker, (os.getpid(),), max_tasks)
+        # the pool's own finalizer would SIGTERM the workers, which ignore it, and wait forever:
+        # it kills them instead, at exit (also in a process that multiprocessing started, a tune
+        # worker, where atexit handlers do not run but these finalizers do) and when tinygrad
+        # terminates the pool itself (after a Ctrl-C during a compile), which its own
+        # terminate() would not do
+        pool._terminate.cancel()
+        pool._terminate = multiprocessing.util.Finalize(pool, _kill, args=(pool,), exitpriority=15)
+        pool.terminate = pool._terminate
+        worker.worker_pool = pool
 
 
 class _Hook:
