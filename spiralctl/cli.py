@@ -55,6 +55,14 @@ class SpiralGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state = State()
+        words = sys.argv[1:] if args is None else args
+        if not words or "--help" in words or "-h" in words:
+            # Typer draws help on a Rich console of its own (rich_utils, loaded only for help):
+            # one that follows spiralctl's rules for a closed pipe (`--help | head`: exit 0) and
+            # a failed write (one error line, exit 1)
+            import typer.rich_utils
+
+            typer.rich_utils.Console = ui.SpiralConsole
         try:
             code = super().main(
                 args=args,
@@ -122,7 +130,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"spiralctl {__version__}")
+        ui.write_plain(sys.stdout, f"spiralctl {__version__}\n", lambda: None)
         raise typer.Exit()
 
 

@@ -61,7 +61,11 @@ def write_plain(file: IO[str], text: str, on_end: Callable[[], None]) -> None:
         raise output_failed(file, exc) from None
 
 
-class _Console(Console):
+class SpiralConsole(Console):
+    """A Rich console that follows spiralctl's output rules: when the reader of stdout goes away
+    (`| head`) the rest goes to /dev/null and the command goes on (Rich's own exits with 1), and a
+    write that fails otherwise (a full disk) raises OutputFailed (one `error:` line, exit 1)."""
+
     def on_broken_pipe(self) -> None:
         self.quiet = True
         stdout_closed()
@@ -75,7 +79,7 @@ class _Console(Console):
 
 
 def make_console(stderr: bool = False, file: IO[str] | None = None) -> Console:
-    console = _Console(stderr=stderr, file=file, highlight=False, soft_wrap=True)
+    console = SpiralConsole(stderr=stderr, file=file, highlight=False, soft_wrap=True)
     if not console.is_terminal:  # also when COLUMNS is set: a file or a pipe has no width
         console.width = PIPE_WIDTH
     return console

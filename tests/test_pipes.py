@@ -37,15 +37,22 @@ def test_training_goes_on_when_its_progress_pipe_closes(small_data, tmp_path):
 
 
 @installed
+@pytest.mark.parametrize("command", ["--help", "train --help", "--version"])
+def test_help_and_version_into_a_pipe_that_closes_early(command):
+    result = shell(f"spiralctl {command} | head -c 1")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@installed
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
-@pytest.mark.parametrize("command", ["predict", "train", "gen-data"])
+@pytest.mark.parametrize("command", ["predict", "train", "gen-data", "--help", "train --help", "--version"])
 def test_a_full_standard_output_is_one_error_line_not_a_bug(trained_run, small_data, tmp_path, command):
     checkpoint = trained_run / "best.safetensors"
     args = {
         "predict": f"predict {checkpoint} {small_data}/test.safetensors",
         "train": f"train --data {small_data} --out {tmp_path}/run --epochs 1 --hidden 4 --batch-size 32",
         "gen-data": f"gen-data {tmp_path}/data --sequences 20",
-    }[command]
+    }.get(command, command)
     result = shell(f"spiralctl {args} > /dev/full")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
