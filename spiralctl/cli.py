@@ -60,9 +60,9 @@ class SpiralGroup(TyperGroup):
             # Typer draws help on a Rich console of its own (rich_utils, loaded only for help):
             # one that follows spiralctl's rules for a closed pipe (`--help | head`: exit 0) and
             # a failed write (one error line, exit 1)
-            import typer.rich_utils
+            from typer import rich_utils
 
-            typer.rich_utils.Console = ui.SpiralConsole
+            rich_utils.Console = ui.SpiralConsole
         try:
             code = super().main(
                 args=args,
