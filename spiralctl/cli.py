@@ -55,14 +55,17 @@ class SpiralGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state = State()
-        words = sys.argv[1:] if args is None else args
-        if not words or "--help" in words or "-h" in words:
+        words = list(sys.argv[1:] if args is None else args)
+        args = words
+        help_console = None
+        if not words or any(w == "--help" or (w[:1] == "-" and w[1:2] != "-" and "h" in w) for w in words):
             # Typer draws help on a Rich console of its own (rich_utils, loaded only for help):
             # one that follows spiralctl's rules for a closed pipe (`--help | head`: exit 0) and
-            # a failed write (one error line, exit 1)
+            # a failed write (one error line, exit 1). -h may be among short flags (-vh); a
+            # false match (-dhip) only swaps the console, which draws nothing else
             from typer import rich_utils
 
-            rich_utils.Console = ui.SpiralConsole
+            help_console, rich_utils.Console = rich_utils.Console, ui.SpiralConsole
         try:
             code = super().main(
                 args=args,
@@ -102,6 +105,10 @@ class SpiralGroup(TyperGroup):
             code = _internal_error(exc, state)
         finally:
             stop_compile_workers()
+            if help_console is not None:
+                from typer import rich_utils
+
+                rich_utils.Console = help_console
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -94,10 +94,10 @@ def _cache_path() -> str:
 def probe(device: str) -> tuple[bool, str]:
     """Can tinygrad open `device` here? Returns (ok, reason when not)."""
     base = device.split(":")[0].upper()
-    compiler = os.environ.get("CC") or "clang"  # tinygrad's C compiler
+    compiler = os.environ.get("CC", "clang")  # tinygrad's C compiler
     if base == "CPU" and ":LLVM" not in device.upper() and shutil.which(compiler) is None:
         if compiler != "clang":
-            return False, f"CC names {compiler}, which is not found; unset CC to use clang"
+            return False, f"CC names {compiler!r}, which is not found; unset CC to use clang"
         return False, "clang is not installed; " + BACKENDS["cpu"][1]
     if (missing := _missing_driver(base)) is not None:
         return False, missing
@@ -109,10 +109,13 @@ def probe(device: str) -> tuple[bool, str]:
         Device[device]
     except sqlite3.OperationalError as exc:  # tinygrad opens its kernel cache as it sets a device up
         return False, CACHE_PROBLEM.format(path=_cache_path(), error=exc)
-    except sqlite3.DatabaseError as exc:  # the file is there but is no SQLite database
-        return False, DAMAGED_CACHE.format(path=_cache_path(), error=exc)
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # not about the file: a bug, reported as others
+            return False, f"{type(exc).__name__}: {exc}"[:200]
+        return False, DAMAGED_CACHE.format(path=_cache_path(), error=exc)  # not an SQLite database
     except subprocess.CalledProcessError as exc:  # the C compiler, on the device's own programs
-        return False, f"the C compiler ({exc.cmd[0]}) failed with exit code {exc.returncode}; check CC"
+        command = exc.cmd if isinstance(exc.cmd, str) else exc.cmd[0]
+        return False, f"the C compiler ({command}) failed with exit code {exc.returncode}; check CC"
     except Exception as exc:  # tinygrad raises many kinds when a runtime is missing
         text = str(exc).strip().splitlines()
         return False, (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:200]

@@ -33,29 +33,29 @@ def main() -> None:
 
 def leave(code: int) -> None:
     """End the process now with `code`, once what Python's own exit would do has been done;
-    return (and let Python exit) where skipping the rest would not be safe: another thread still
-    running, a profiler or tracer (`python -m cProfile -m spiralctl`, coverage, a debugger) that
-    reports at exit, `python -i`, or a stream that does not flush."""
+    return (and let Python exit) where skipping the rest would not be safe: another thread or a
+    child process still running (Python waits for them, and a Ctrl-C or SIGTERM can end that
+    wait), a profiler or tracer (`python -m cProfile -m spiralctl`, coverage, a debugger) that
+    reports at exit, `python -i`, or a stream that does not flush. Signals are not held back: a
+    Ctrl-C during the atexit handlers does what it does in Python's own exit."""
     import atexit
-    import signal
 
     if sys.gettrace() is not None or sys.getprofile() is not None or sys.flags.inspect:
         return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
-        return  # Python waits for it: so do we
-    # a Ctrl-C or SIGTERM from here on would only interrupt the ending: the process ends as the
-    # command did (the atexit handlers still run, as Python runs them, with these held back)
-    mask = getattr(signal, "pthread_sigmask", None)  # not on Windows
-    held = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}) if mask else None
+        return
+    processes = sys.modules.get("multiprocessing")
+    if processes is not None and any(not p.daemon for p in processes.active_children()):
+        return  # tune's trial workers: multiprocessing's atexit handler waits for them
     try:
         atexit._run_exitfuncs()  # each runs once: Python's exit finds none left
         _close_kernel_cache(sys.modules.get("tinygrad.helpers"))
         for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}.values():
             if stream is not None:
                 stream.flush()
+    except KeyboardInterrupt:  # a Ctrl-C in the last moments of the command: it ends as interrupted
+        os._exit(EXIT_INTERRUPTED)
     except Exception:  # Python's exit reports it, as it would have
-        if mask:
-            mask(signal.SIG_SETMASK, held)
         return
     os._exit(code)
 
@@ -65,15 +65,22 @@ def _close_kernel_cache(tinygrad) -> None:
     process has it open, the last connection to close folds the write-ahead log into cache.db and
     deletes cache.db-wal and -shm; the compile workers, killed at exit, never close theirs, so a
     process whose own connection is gone (closed before the workers were forked) opens one to
-    close."""
+    close: only an existing cache.db, read-write, never creating one."""
     if tinygrad is None:
         return
     db, tinygrad._db_connection = tinygrad._db_connection, None
-    if db is None and os.path.exists(f"{tinygrad.CACHEDB}-wal"):
+    path = str(tinygrad.CACHEDB)
+    if (
+        db is None
+        and tinygrad.CACHELEVEL.value >= 1
+        and os.path.exists(f"{path}-wal")
+        and os.path.exists(path)
+    ):
         import sqlite3
+        from urllib.parse import quote
 
-        db = sqlite3.connect(tinygrad.CACHEDB, timeout=1)
         with suppress(sqlite3.Error):
+            db = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, timeout=1)
             db.execute("PRAGMA schema_version").fetchone()  # SQLite opens the files lazily
     if db is not None:
         db.close()

@@ -206,7 +206,7 @@ def test_a_damaged_kernel_cache_or_a_missing_cc_is_named(trained_run, small_data
     assert damaged.read_bytes() == b"not a database" * 100  # not ours to touch
     missing = {**os.environ, "CACHEDB": str(tmp_path / "new" / "cache.db"), "CC": "clang-that-is-not-there"}
     result = _run(*args, env=missing)
-    assert result.returncode == 2 and "CC names clang-that-is-not-there" in result.stderr, result.stderr
+    assert result.returncode == 2 and "CC names 'clang-that-is-not-there'" in result.stderr, result.stderr
     failing = {**missing, "CC": "false"}  # a compiler that fails, on a new cache
     result = _run(*args, env=failing)
     assert result.returncode == 2 and "the C compiler (false) failed with exit code 1" in result.stderr
@@ -226,6 +226,22 @@ def test_leave_runs_the_atexit_handlers_flushes_and_exits_with_the_code():
     )
     assert result.returncode == 7
     assert result.stdout == "buffered, atexit ran\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks a child from a -c script")
+def test_leave_lets_python_exit_while_a_child_process_runs():
+    """multiprocessing's atexit handler waits for it (tune's trial workers), and a Ctrl-C or
+    SIGTERM must still be able to end that wait: Python's own exit does it."""
+    result = _leaving(
+        "import multiprocessing\n"
+        "go = multiprocessing.Event()\n"
+        "child = multiprocessing.get_context('fork').Process(target=go.wait)\n"
+        "child.start()\n"
+        "leave(0)\n"
+        "print('returned', flush=True)\n"
+        "go.set()\n"
+    )
+    assert result.returncode == 0 and result.stdout == "returned\n", result.stderr
 
 
 def test_leave_lets_python_exit_while_another_thread_runs():

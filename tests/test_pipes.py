@@ -43,9 +43,19 @@ def test_help_and_version_into_a_pipe_that_closes_early(command):
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
+def test_help_leaves_typers_console_as_it_was(run):
+    from rich.console import Console
+    from typer import rich_utils
+
+    assert run("--help").exit_code == 0 and run("train", "-h").exit_code == 0
+    assert rich_utils.Console is Console  # swapped for the help pages only
+
+
 @installed
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
-@pytest.mark.parametrize("command", ["predict", "train", "gen-data", "--help", "train --help", "--version"])
+@pytest.mark.parametrize(
+    "command", ["predict", "train", "gen-data", "--help", "train --help", "train -vh", "--version"]
+)
 def test_a_full_standard_output_is_one_error_line_not_a_bug(trained_run, small_data, tmp_path, command):
     checkpoint = trained_run / "best.safetensors"
     args = {

@@ -50,7 +50,10 @@ def _init_worker(parent: int, forked: bool = False) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above: no signal will come
+    # the parent died before the line above: no signal will come. (Both pools start their workers
+    # from this process, forked or spawned; under multiprocessing's forkserver, which neither
+    # uses, the parent would be the server)
+    if os.getppid() != parent:
         os._exit(0)
 
 
