@@ -57,7 +57,7 @@ class SpiralGroup(TyperGroup):
         state = State()
         words = list(sys.argv[1:] if args is None else args)
         args = words
-        help_console = None
+        swapped = None  # (typer's rich_utils, its own console class) while help may be drawn
         if not words or any(w == "--help" or (w[:1] == "-" and w[1:2] != "-" and "h" in w) for w in words):
             # Typer draws help on a Rich console of its own (rich_utils, loaded only for help):
             # one that follows spiralctl's rules for a closed pipe (`--help | head`: exit 0) and
@@ -65,7 +65,7 @@ class SpiralGroup(TyperGroup):
             # false match (-dhip) only swaps the console, which draws nothing else
             from typer import rich_utils
 
-            help_console, rich_utils.Console = rich_utils.Console, ui.SpiralConsole
+            swapped, rich_utils.Console = (rich_utils, rich_utils.Console), ui.SpiralConsole
         try:
             code = super().main(
                 args=args,
@@ -105,10 +105,8 @@ class SpiralGroup(TyperGroup):
             code = _internal_error(exc, state)
         finally:
             stop_compile_workers()
-            if help_console is not None:
-                from typer import rich_utils
-
-                rich_utils.Console = help_console
+            if swapped is not None:
+                swapped[0].Console = swapped[1]
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -6,8 +6,8 @@ When the command is done, the process ends without the interpreter's teardown: a
 step's kernels, freeing tinygrad's graphs of UOps object by object (each with a `__del__`) took
 0.25-0.3 s, longer than the last epoch. Everything that teardown would do for us is done first:
 the atexit handlers (tinygrad's devices, multiprocessing's finalizers), tinygrad's cache
-database closed, the standard streams flushed. With another thread still running, or a stream
-that does not flush, the process ends the usual way."""
+database closed, the standard streams flushed. `leave` says when the process ends the usual
+way instead."""
 
 import os
 import sys

@@ -155,6 +155,33 @@ def render(ast: UOp, backend: str) -> tuple[str, tuple, tuple]:
     return program.src[-1].arg, tuple(program.arg.global_size), tuple(program.arg.local_size or (1, 1, 1))
 
 
+def lstm_inputs(batch, steps, hidden, seed=0):
+    """Random sequences, weights and biases for `lstm` (x, w_ih, w_hh, b_ih, b_hh), and dL/dh."""
+    rng = np.random.default_rng(seed)
+    shapes = [(batch, steps, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
+    return arrays, rng.standard_normal((batch, hidden)).astype(np.float32)
+
+
+def lstm_outputs(arrays, grad_h, device="CPU") -> list[Tensor]:
+    """h and every input's gradient through the fused kernels (not realised)."""
+    from spiralctl.kernels.lstm import lstm
+
+    tensors = [Tensor(a, device=device) for a in arrays]
+    h = lstm(*tensors)
+    (h * Tensor(grad_h, device=device)).sum().backward()
+    return [h, *(t.grad for t in tensors)]
+
+
+def assert_like_lstm_numpy(outputs, arrays, grad_h, where: str = "") -> None:
+    """outputs (h, then the gradients of x, w_ih, w_hh, b_ih, b_hh) against the float64 reference."""
+    want_h, want = lstm_numpy(*arrays, grad_h)
+    h, *grads = (np.asarray(o) for o in outputs)
+    np.testing.assert_allclose(h, want_h, atol=1e-5, err_msg=f"{where} h".strip())
+    for got, name in zip(grads, ("x", "w_ih", "w_hh", "b", "b")):
+        np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=f"{where} {name}".strip())
+
+
 def lstm_numpy_lengths(x, lengths, w_ih, w_hh, b_ih, b_hh, grad_h=None):
     """The reference on sequences of their own lengths: sequence b is x[b, :lengths[b]], run
     alone. Returns h at each sequence's last point and, given dL/dh, the summed gradients."""

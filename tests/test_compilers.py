@@ -16,14 +16,12 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from helpers import lstm_numpy, render
-from tinygrad import Device, Tensor
+from helpers import assert_like_lstm_numpy, lstm_inputs, lstm_outputs, render
+from tinygrad import Device
 from tinygrad.codegen import to_program
 from tinygrad.uop.ops import Ops
 
-from spiralctl.kernels.lstm import lstm
 from spiralctl.kernels.threads import cpu_threads, use_cpu_threads
 
 CLANGS = [f"clang-{n}" for n in range(14, 25) if shutil.which(f"clang-{n}")]
@@ -34,25 +32,10 @@ VECTORISED = ("lstm_forward", "lstm_backward", "lstm_weight_grad")
 SHAPES = [(64, 3, 32), (32, 2, 128)]
 
 
-def _inputs(batch, steps, hidden, seed=0):
-    rng = np.random.default_rng(seed)
-    shapes = [(batch, steps, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
-    arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
-    return arrays, rng.standard_normal((batch, hidden)).astype(np.float32)
-
-
-def _outputs(arrays, grad_h) -> list[Tensor]:
-    """h and every input's gradient, through the fused kernels (not realised)."""
-    tensors = [Tensor(a, device="CPU") for a in arrays]
-    h = lstm(*tensors)
-    (h * Tensor(grad_h, device="CPU")).sum().backward()
-    return [h, *(t.grad for t in tensors)]
-
-
 @functools.cache
 def _kernels(batch, steps, hidden) -> dict:
     """The fused kernels' ASTs, as tinygrad hands them to code generation."""
-    outputs = _outputs(*_inputs(batch, steps, hidden))
+    outputs = lstm_outputs(*lstm_inputs(batch, steps, hidden))
     linear = outputs[0].schedule_linear(*outputs[1:])
     asts = [call.src[0] for call in linear.toposort() if call.op is Ops.CALL and call.src[0].op is Ops.SINK]
     return {ast.arg.name: ast for ast in asts if ast.arg.name.startswith("lstm_")}
@@ -156,7 +139,8 @@ RUN_KERNELS = """
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from test_compilers import SHAPES, _inputs, _outputs
+from helpers import lstm_inputs, lstm_outputs
+from test_compilers import SHAPES
 from spiralctl.kernels import indices
 from spiralctl.kernels.threads import cpu_threads
 
@@ -165,8 +149,8 @@ if sys.argv[2:] == ["32"]:
 results = []
 with cpu_threads("CPU"):
     for shape in SHAPES:
-        arrays, grad_h = _inputs(*shape)
-        results.append([o.numpy().tolist() for o in _outputs(arrays, grad_h)])
+        arrays, grad_h = lstm_inputs(*shape)
+        results.append([o.numpy().tolist() for o in lstm_outputs(arrays, grad_h)])
 print(json.dumps(results))
 """
 
@@ -190,12 +174,7 @@ def _run_kernels(tmp_path, *args, **env) -> list:
 @pytest.mark.parametrize("clang", CLANGS)
 def test_every_clangs_kernels_give_the_reference_numbers(clang, tmp_path):
     for shape, outputs in zip(SHAPES, _run_kernels(tmp_path, CC=clang)):
-        arrays, grad_h = _inputs(*shape)
-        want_h, want = lstm_numpy(*arrays, grad_h)
-        h, d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = (np.array(o) for o in outputs)
-        np.testing.assert_allclose(h, want_h, atol=1e-5, err_msg=f"{clang} {shape}")
-        for got, name in ((d_x, "x"), (d_w_ih, "w_ih"), (d_w_hh, "w_hh"), (d_b_ih, "b"), (d_b_hh, "b")):
-            np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=f"{clang} {shape} {name}")
+        assert_like_lstm_numpy(outputs, *lstm_inputs(*shape), where=f"{clang} {shape}")
 
 
 def test_64_bit_indices_give_the_same_bits_as_32(tmp_path):
@@ -211,9 +190,10 @@ from tinygrad import Tensor
 from tinygrad.codegen import to_program_cache
 from tinygrad.engine import worker
 from tinygrad.uop.ops import Ops
-from test_compilers import LOOP, _inputs, _outputs
+from helpers import lstm_inputs, lstm_outputs
+from test_compilers import LOOP
 
-Tensor.realize(*_outputs(*_inputs(64, 3, 32)))
+Tensor.realize(*lstm_outputs(*lstm_inputs(64, 3, 32)))
 assert worker.worker_pool is not None  # the kernels were compiled in tinygrad's pool
 loops = {}
 for program in to_program_cache.values():

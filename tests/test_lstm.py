@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import lstm_numpy
+from helpers import lstm_inputs, lstm_numpy
 from tinygrad import Tensor
 
 from spiralctl.kernels.lstm import lstm
@@ -30,16 +30,6 @@ SHAPES = [
 SHORT_SHAPES = [(1, 2, 3), (4, 3, 8)]
 
 
-def _inputs(batch, steps, hidden, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = [
-        rng.standard_normal(s).astype(np.float32) * 0.6
-        for s in [(batch, steps, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
-    ]
-    grad_h = rng.standard_normal((batch, hidden)).astype(np.float32)
-    return arrays, grad_h
-
-
 def _tinygrad_run(impl, arrays, grad_h):
     tensors = [Tensor(a) for a in arrays]
     h = lstm(*tensors, impl=impl)
@@ -51,7 +41,7 @@ def _tinygrad_run(impl, arrays, grad_h):
     "impl, shape", [("fused", s) for s in SHAPES] + [("reference", s) for s in SHORT_SHAPES]
 )
 def test_forward_and_gradients_match_numpy(impl, shape):
-    arrays, grad_h = _inputs(*shape)
+    arrays, grad_h = lstm_inputs(*shape)
     h, grads = _tinygrad_run(impl, arrays, grad_h)
     h_ref, ref = lstm_numpy(*arrays, grad_h=grad_h)
     np.testing.assert_allclose(h, h_ref, atol=1e-5)
@@ -64,7 +54,7 @@ def test_forward_and_gradients_match_numpy(impl, shape):
 
 @pytest.mark.parametrize("shape", SHORT_SHAPES)
 def test_fused_matches_reference_implementation(shape):
-    arrays, grad_h = _inputs(*shape, seed=7)
+    arrays, grad_h = lstm_inputs(*shape, seed=7)
     fused = _tinygrad_run("fused", arrays, grad_h)
     reference = _tinygrad_run("reference", arrays, grad_h)
     np.testing.assert_allclose(fused[0], reference[0], atol=1e-5)
@@ -73,7 +63,7 @@ def test_fused_matches_reference_implementation(shape):
 
 
 def test_unknown_implementation_is_refused():
-    arrays, _ = _inputs(1, 2, 3)
+    arrays, _ = lstm_inputs(1, 2, 3)
     with pytest.raises(ValueError, match="unknown LSTM implementation"):
         lstm(*(Tensor(a) for a in arrays), impl="nope")
 
@@ -82,7 +72,7 @@ def test_unknown_implementation_is_refused():
 @pytest.mark.parametrize("shape", [(5, 7, 6), (16, 3, 128)])
 def test_matches_pytorch_lstm(shape):
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
-    arrays, grad_h = _inputs(*shape, seed=11)
+    arrays, grad_h = lstm_inputs(*shape, seed=11)
     h, grads = _tinygrad_run("fused", arrays, grad_h)
     module = torch.nn.LSTM(2, shape[2], batch_first=True)
     with torch.no_grad():

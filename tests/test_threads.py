@@ -6,15 +6,13 @@ import platform
 
 import numpy as np
 import pytest
-from helpers import lstm_numpy
-from tinygrad import Tensor
+from helpers import assert_like_lstm_numpy, lstm_inputs, lstm_outputs
 from tinygrad.runtime.ops_cpu import CPUProgram
 
 from spiralctl.config import TrainConfig
 from spiralctl.data import DataConfig, generate
 from spiralctl.errors import SpiralError
 from spiralctl.kernels import threads as kernel_threads
-from spiralctl.kernels.lstm import lstm
 from spiralctl.kernels.threads import available_cores, cpu_threads, thread_count, use_cpu_threads
 from spiralctl.model import ModelConfig, SpiralClassifier, init_parameters
 from spiralctl.trainer import Trainer
@@ -27,10 +25,7 @@ def restore_threads():
 
 
 def _lstm_run(arrays, grad_h):
-    tensors = [Tensor(a) for a in arrays]
-    h = lstm(*tensors)
-    (h * Tensor(grad_h)).sum().backward()
-    return [h.numpy()] + [t.grad.numpy() for t in tensors]
+    return [o.numpy() for o in lstm_outputs(arrays, grad_h)]
 
 
 def _train_run(threads, batch, hidden):
@@ -167,15 +162,8 @@ def test_cpu_kernels_compile_for_wide_vectors_inside_the_context(restore_threads
         assert cpu.renderer.target.arch == f"{before},prefer-vector-width=512"
         assert "-mprefer-vector-width=512" in cpu.compiler.args
         # the kernels still give the float64 reference's numbers (batch 20: 5 blocks of 4 lanes)
-        rng = np.random.default_rng(3)
-        shapes = [(20, 5, 2), (20, 2), (20, 5), (20,), (20,)]
-        arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
-        grad_h = rng.standard_normal((20, 5)).astype(np.float32)
-        h, d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _lstm_run(arrays, grad_h)
-        want_h, want = lstm_numpy(*arrays, grad_h)
-        np.testing.assert_allclose(h, want_h, atol=1e-5)
-        for got, name in ((d_x, "x"), (d_w_ih, "w_ih"), (d_w_hh, "w_hh"), (d_b_ih, "b"), (d_b_hh, "b")):
-            np.testing.assert_allclose(got, want[name], atol=1e-4, err_msg=name)
+        arrays, grad_h = lstm_inputs(20, 5, 5, seed=3)
+        assert_like_lstm_numpy(_lstm_run(arrays, grad_h), arrays, grad_h)
     assert cpu.renderer.target.arch == before
 
 

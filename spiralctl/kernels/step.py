@@ -161,7 +161,7 @@ def step_gradients(
 def step_bytes(layout: PackedBatch, hidden: int) -> int:
     """About how much memory one training step's buffers take (float32)."""
     batch, steps, inputs = layout.batch, layout.length, layout.inputs
-    # per step, 10 x hidden: 9 as before, and h's batch-major copy (the weight gradients'
-    # column form, H >= 128)
+    # per time step, 10 x hidden: h, the gates and their gradients (9 x hidden), and h's
+    # batch-major copy for the weight gradients' column form (H >= 128)
     per_column = 3 * (steps + 1) * hidden + steps * (10 * hidden + inputs + 1) + 2 * hidden
     return 4 * (batch * per_column + layout.size)
