@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from spiralctl import __version__
-from spiralctl.data import LABELS
+from spiralctl.data import LABELS, Normalization, _json_list
 from spiralctl.devices import tinygrad_version
 from spiralctl.errors import SpiralError
 from spiralctl.model import PARAMETER_NAMES, ModelConfig
@@ -31,6 +31,11 @@ class Checkpoint:
     data_fingerprint: str = ""
     # Adam's moments per parameter ("<name>.exp_avg", "<name>.exp_avg_sq") and "step"
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=lambda: list(LABELS))  # K names, in label order
+    features: list[str] | None = None  # D names, where the data named them
+    # per-feature mean and standard deviation of the training split, applied to every input
+    # before the model sees it (None: inputs go in as they are)
+    normalization: Normalization | None = None
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
@@ -43,11 +48,39 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "epoch": str(checkpoint.epoch),
         "metrics": json.dumps(checkpoint.metrics, sort_keys=True),
         "data_fingerprint": checkpoint.data_fingerprint,
-        "labels": json.dumps(list(LABELS)),
+        "labels": json.dumps(list(checkpoint.classes)),
         "spiralctl_version": __version__,
         "tinygrad_version": tinygrad_version(),
     }
+    if checkpoint.features is not None:
+        metadata["features"] = json.dumps(list(checkpoint.features))
+    if checkpoint.normalization is not None:
+        mean, std = checkpoint.normalization
+        metadata["normalization"] = json.dumps({"mean": mean.tolist(), "std": std.tolist()})
     write_safetensors(path, tensors, metadata)
+
+
+def _normalization(path: Path, metadata: dict[str, str], inputs: int) -> Normalization | None:
+    """The checkpoint's normalisation: {"mean": [D numbers], "std": [D positive numbers]}."""
+    if "normalization" not in metadata:
+        return None
+    value = _json_field(path, metadata, "normalization", dict)
+    try:
+        mean = np.array(value["mean"], dtype=np.float32)
+        std = np.array(value["std"], dtype=np.float32)
+    except (KeyError, TypeError, ValueError):
+        mean = std = np.zeros(0, dtype=np.float32)
+    if (
+        mean.shape != (inputs,)
+        or std.shape != (inputs,)
+        or not np.isfinite([mean, std]).all()
+        or (std <= 0).any()
+    ):
+        raise SpiralError(
+            f"{path}: checkpoint normalization must hold {inputs} means and {inputs} positive standard "
+            "deviations; the file is damaged"
+        )
+    return mean, std
 
 
 def _json_field(path: Path, metadata: dict[str, str], key: str, kind: type):
@@ -69,15 +102,22 @@ def load_checkpoint(path: Path) -> Checkpoint:
     model_fields = _json_field(path, metadata, "model", dict)
     try:
         model = ModelConfig(**model_fields)
-        if (
-            not (isinstance(model.hidden, int) and isinstance(model.input_size, int))
-            or min(model.hidden, model.input_size) < 1
-        ):
+        sizes = (model.hidden, model.input_size, model.classes)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes) or min(sizes[:2]) < 1:
+            raise TypeError
+        if model.classes < 2:
             raise TypeError
     except TypeError:
         raise SpiralError(f"{path}: checkpoint model config {model_fields} is not valid") from None
-    if model.input_size != 2:
-        raise SpiralError(f"{path}: model takes {model.input_size}-D points, spiralctl uses 2-D points")
+    classes = _json_list(metadata.get("labels")) if "labels" in metadata else list(LABELS)
+    if classes is None or len(classes) != model.classes or len(set(classes)) != len(classes):
+        raise SpiralError(
+            f"{path}: checkpoint metadata 'labels' must name the model's {model.classes} classes; "
+            "the file is damaged"
+        )
+    features = _json_list(metadata.get("features")) if "features" in metadata else None
+    if "features" in metadata and (features is None or len(features) != model.input_size):
+        raise SpiralError(f"{path}: checkpoint metadata 'features' must name {model.input_size} features")
     try:
         epoch = int(metadata.get("epoch", "0"))
     except ValueError:
@@ -122,4 +162,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         metrics=_json_field(path, metadata, "metrics", dict),
         data_fingerprint=metadata.get("data_fingerprint", ""),
         optimizer=optimizer,
+        classes=classes,
+        features=features,
+        normalization=_normalization(path, metadata, model.input_size),
     )

@@ -206,7 +206,10 @@ DeviceOption = Annotated[
 # the options eval, predict and plot share
 ThresholdOption = Annotated[
     float,
-    typer.Option(help="Probability above which a sequence is anticlockwise.", rich_help_panel=INFERENCE),
+    typer.Option(
+        help="Two-class models: the probability of the second class above which it is predicted.",
+        rich_help_panel=INFERENCE,
+    ),
 ]
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)]
 ForceOption = Annotated[
@@ -293,36 +296,64 @@ def import_data(
     input: Annotated[
         str,
         typer.Argument(
-            metavar="INPUT",
-            help="Labelled sequences: a CSV with header sequence,x,y,label; a JSON list of "
-            '{"points": [[x, y], ...], "label": ...} objects; or a .npy array [N, T, 2] with --labels.',
+            metavar="TRAIN",
+            help="Labelled sequences: a .ts file (sktime/aeon); the UCR archive's .tsv/.txt/.csv (label "
+            "first, then the values); a long CSV (columns sequence, label and one per feature); a JSON "
+            'list of {"points": [[...], ...], "label": ...}; .npy [N, T, D] with --labels; .npz with '
+            "x, y (and lengths); or ucr:NAME for an archive set (its official train/test split).",
         ),
     ],
     out_dir: Annotated[
         Path, typer.Argument(metavar="OUT_DIR", help="Folder to write train/val/test.safetensors into.")
     ],
+    test: Annotated[
+        str | None,
+        typer.Option(
+            help="The official test split, any of TRAIN's formats: kept whole as test.safetensors.",
+            rich_help_panel=SPLITS,
+        ),
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option(
+            help="A validation file of its own (default: carved from TRAIN by --val-fraction).",
+            rich_help_panel=SPLITS,
+        ),
+    ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
-            help="For a .npy INPUT: a .npy array [N] of labels (0/1 or class names).", rich_help_panel=DATA
+            help="For a .npy TRAIN: a .npy array [N] of labels (class names).", rich_help_panel=DATA
         ),
     ] = None,
     val_fraction: Annotated[
-        float, typer.Option(help="Share of each class for validation.", rich_help_panel=SPLITS)
+        float,
+        typer.Option(
+            help="Share of each class of TRAIN for validation (0: none; train on all of TRAIN).",
+            rich_help_panel=SPLITS,
+        ),
     ] = 0.2,
     test_fraction: Annotated[
-        float, typer.Option(help="Share of each class for a test split (0: none).", rich_help_panel=SPLITS)
+        float,
+        typer.Option(
+            help="Share of each class for a test split, without --test (0: none).", rich_help_panel=SPLITS
+        ),
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed of the split.", rich_help_panel=SPLITS)] = 0,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Turn your own labelled sequences (CSV, JSON, .npy) into a dataset to train on.
+    """Turn your own labelled sequences into a dataset to train on.
 
-    Labels are clockwise/anticlockwise (any case) or 0/1. Every sequence needs at least 2
-    points of finite x and y; sequences may have different lengths.
+    Sequences have D >= 1 features per point and any lengths (2 points or more); labels are any
+    class names (K >= 2 classes). Validation is carved from TRAIN only, stratified and seeded;
+    an official test split given with --test stays whole.
 
-    **Example**
+    **Examples**
+
+    spiralctl import BasicMotions_TRAIN.ts data/ --test BasicMotions_TEST.ts
+
+    spiralctl import ucr:GunPoint data/gunpoint
 
     spiralctl import strokes.csv data/ --test-fraction 0.2
     """
@@ -330,6 +361,8 @@ def import_data(
         input,
         out_dir,
         labels=labels,
+        test=test,
+        val=val,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
         seed=seed,
@@ -341,6 +374,17 @@ def import_data(
 class Schedule(str, Enum):
     constant = "constant"
     cosine = "cosine"
+
+
+class Normalize(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class ClassWeight(str, Enum):
+    none = "none"
+    balanced = "balanced"
 
 
 def _apply_config(ctx: typer.Context, param, path: Path | None) -> Path | None:
@@ -401,6 +445,21 @@ def train(
         int,
         typer.Option(help="Seed for weights, shuffling and the default data.", rich_help_panel=OPTIMIZE),
     ] = 0,
+    normalize: Annotated[
+        Normalize,
+        typer.Option(
+            help="Z-score each feature with the training split's mean and std (kept in the checkpoint; "
+            "eval, predict and export apply it): auto does for imported data, not for generated spirals.",
+            rich_help_panel=DATA,
+        ),
+    ] = Normalize.auto,
+    class_weight: Annotated[
+        ClassWeight,
+        typer.Option(
+            help="balanced: weigh each class's loss by n / (K n_k) of the training split (imbalanced data).",
+            rich_help_panel=OPTIMIZE,
+        ),
+    ] = ClassWeight.none,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -506,6 +565,8 @@ def train(
         lr_schedule=lr_schedule.value,
         patience=patience,
         save_every=save_every,
+        normalize=normalize.value,
+        class_weight=class_weight.value,
     )
     given = frozenset(name for name in RUN_OPTIONS if ctx.get_parameter_source(name).name != "DEFAULT")
     json_output = json_output or json_progress
@@ -722,6 +783,11 @@ def tune(
         ui_tune.tune_summary(console, summary)
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave the option (not its default)."""
+    return ctx.get_parameter_source(name).name != "DEFAULT"
+
+
 def _inference(device: str, batch_size: int, threshold: float) -> InferenceOptions:
     return InferenceOptions(device=device, batch_size=batch_size, threshold=threshold)
 
@@ -732,7 +798,11 @@ def evaluate(
     checkpoint: CheckpointArgument,
     data: Annotated[
         Path,
-        typer.Argument(metavar="DATA", help="A dataset file from gen-data (e.g. data/test.safetensors)."),
+        typer.Argument(
+            metavar="DATA",
+            help="Labelled sequences: a dataset (e.g. data/test.safetensors from gen-data or import), or a "
+            "labelled file of any format import reads (.ts, .tsv, CSV with a label column, JSON, .npz).",
+        ),
     ],
     device: DeviceOption = "auto",
     batch_size: BatchSizeOption = 128,
@@ -746,7 +816,8 @@ def evaluate(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Report loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
+    """Report loss, accuracy, balanced accuracy, macro F1, per-class precision/recall/F1 and the
+    K x K confusion matrix.
 
     **Example**
 
@@ -754,7 +825,9 @@ def evaluate(
     """
     if min_accuracy is not None:
         commands.check_accuracy_bound(min_accuracy)
-    report = commands.evaluate(checkpoint, data, _inference(device, batch_size, threshold))
+    report = commands.evaluate(
+        checkpoint, data, _inference(device, batch_size, threshold), threshold_given=_given(ctx, "threshold")
+    )
     _show(ctx, report, json_output, ui.eval_report)
     if min_accuracy is not None:
         commands.check_min_accuracy(report, min_accuracy)
@@ -768,8 +841,9 @@ def predict(
         str,
         typer.Argument(
             metavar="INPUT",
-            help="A dataset .safetensors, a .npy array [T, 2] or [N, T, 2], a CSV with header sequence,x,y, "
-            "a JSON list of [x, y] points (or a list of them), or - for CSV/JSON on stdin.",
+            help="A dataset .safetensors, a .npy array [T, D] or [N, T, D], a CSV with header sequence and "
+            "one column per feature (a label column too, shown beside the prediction), a JSON list of "
+            "points (or of such lists), a .ts or UCR file, or - for CSV/JSON on stdin.",
         ),
     ],
     device: DeviceOption = "auto",
@@ -789,7 +863,7 @@ def predict(
         ),
     ] = False,
 ) -> None:
-    """Classify sequences of any length as clockwise or anticlockwise.
+    """Classify sequences of any length: each one's most probable class and its probability.
 
     **Example**
 
@@ -797,21 +871,22 @@ def predict(
     """
     from contextlib import ExitStack
 
-    from spiralctl.inputs import prediction_csv_lines
     from spiralctl.storage import atomic_output, check_output
 
     if output is not None:
         check_output(output, force)
     if input == "-" and sys.stdin.isatty():
         ui.note("reading sequences (CSV or JSON) from the terminal; end with Ctrl-D")
-    blocks = commands.predict_blocks(checkpoint, input, _inference(device, batch_size, threshold))
-    stream = ui.PredictionStream(_results(ctx), json_output, prediction_csv_lines)
+    blocks = commands.predict_blocks(
+        checkpoint, input, _inference(device, batch_size, threshold), threshold_given=_given(ctx, "threshold")
+    )
+    stream = ui.PredictionStream(_results(ctx), json_output, ui.prediction_csv_lines)
     with ExitStack() as files:
         # the file is written as the blocks come and renamed into place at the end
         file = files.enter_context(atomic_output(output, "w")) if output is not None else None
         for block in blocks:
             if file is not None:
-                file.write(prediction_csv_lines(block, header=stream.total == 0))
+                file.write(ui.prediction_csv_lines(block, header=stream.total == 0))
             stream.add(block)
             if stream.closed and file is None:
                 break

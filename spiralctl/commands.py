@@ -22,7 +22,6 @@ from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
 from spiralctl.config import InferenceOptions, TrainConfig, run_options
 from spiralctl.data import (
     DATASET_FORMATS,
-    LABELS,
     DataConfig,
     Dataset,
     available_memory,
@@ -40,7 +39,13 @@ from spiralctl.kernels.step import step_bytes
 from spiralctl.kernels.threads import available_cores, cpu_threads, is_cpu, thread_count
 from spiralctl.kernels.workers import start_compile_workers, while_compiling
 from spiralctl.model import ModelConfig, SpiralClassifier
-from spiralctl.predictor import Predictor, accuracy_by_length, classification_report, sigmoid
+from spiralctl.predictor import (
+    Predictor,
+    accuracy_by_length,
+    classification_report,
+    predicted_labels,
+    probabilities,
+)
 from spiralctl.runs import (
     check_not_in_use,
     metrics_hold,
@@ -55,7 +60,22 @@ from spiralctl.runs import (
     write_metrics,
 )
 from spiralctl.storage import CHECKSUM_KEY, LEGACY_CHECKSUM_KEY, check_output, read_safetensors
-from spiralctl.trainer import Diverged, ProgressCallback, StopOnSignal, check_resume, fit, no_progress
+from spiralctl.trainer import (
+    Diverged,
+    ProgressCallback,
+    StopOnSignal,
+    check_resume,
+    class_weights,
+    fit,
+    no_progress,
+)
+
+# numpy computes each float type's limits once, when first asked. Asked on a thread that flushes
+# denormals to zero (kernels/threads.py: the training loop, and the background import that
+# starts under it), it finds no subnormal numbers and warns "The value of the smallest subnormal
+# ... is zero" on stderr (matplotlib asks on import). Asked here first, the limits are right.
+for _type in (np.float32, np.float64, np.longdouble):
+    np.finfo(_type)
 
 
 def gen_data(config: DataConfig, out_dir: Path | str, force: bool = False) -> dict:
@@ -70,48 +90,134 @@ def gen_data(config: DataConfig, out_dir: Path | str, force: bool = False) -> di
     return {"out_dir": str(out_dir), "generator": asdict(config), "splits": _split_rows(datasets, paths)}
 
 
+def _labelled_dataset(read, classes: list[str]) -> Dataset:
+    """A file's labelled sequences (inputs.LabelledSequences) as one dataset with `classes`."""
+    from spiralctl.data import label_indices, padded_sequences
+
+    x, lengths = padded_sequences(read.sequences)
+    return Dataset(x, label_indices(read.labels, classes, read.source), {}, lengths)
+
+
+def _check_like(read, train, option: str) -> None:
+    """A --test or --val file must have TRAIN's features, and no class that TRAIN lacks."""
+    depth, train_depth = read.sequences[0].shape[1], train.sequences[0].shape[1]
+    if depth != train_depth:
+        raise SpiralError(
+            f"{read.source} has {depth} feature(s) per point and {train.source} has {train_depth}; "
+            "give files of the same data",
+            option=option,
+        )
+    trained = {label.strip().lower() for label in train.labels}  # classes TRAIN has sequences of
+    extra = sorted({label for label in read.labels if label.strip().lower() not in trained})
+    if extra:
+        raise SpiralError(
+            f"{read.source} holds class(es) {', '.join(map(repr, extra[:5]))} that {train.source} has no "
+            "sequences of; a model cannot learn a class it never sees: add them to the training file "
+            "or leave those sequences out",
+            option=option,
+        )
+
+
 def import_dataset(
     source: str,
     out_dir: Path,
     *,
     labels: Path | None = None,
+    test: str | None = None,
+    val: str | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
     force: bool = False,
 ) -> dict:
-    """Labelled sequences from a CSV, JSON or .npy file (see inputs.read_labelled) as a dataset
-    in `out_dir` with stratified, seeded train/val(/test) splits; returns what was written."""
-    from spiralctl.data import imported_datasets, save_datasets
-    from spiralctl.inputs import read_labelled
+    """Labelled sequences from a file (any format inputs.read_labelled reads) or an archive set
+    named ucr:NAME, as a dataset in `out_dir`: the official test split (`test`, or the archive's
+    own) kept whole, validation from `val` or carved from `source` (stratified, seeded;
+    val_fraction 0: none), the rest to train on; returns what was written."""
+    from spiralctl.data import class_names, imported_datasets, label_indices, save_datasets
+    from spiralctl.inputs import read_archive, read_labelled
 
-    _, sequences, y = read_labelled(source, labels)
-    datasets = imported_datasets(sequences, y, source, val_fraction, test_fraction, seed)
+    if source.lower().startswith("ucr:"):
+        if test is not None:
+            raise SpiralError(
+                f"{source} brings its own official test split; leave {{test}} out", option="test"
+            )
+        train_read, test_read = read_archive(source[4:])
+    else:
+        train_read = read_labelled(source, labels)
+        test_read = read_labelled(test) if test is not None else None
+    val_read = read_labelled(val) if val is not None else None
+    classes = class_names(train_read.labels, train_read.classes)
+    given = {}
+    for split, read, option in (("test", test_read, "test"), ("val", val_read, "val")):
+        if read is not None:
+            _check_like(read, train_read, option)
+            given[split] = _labelled_dataset(read, classes)
+    datasets = imported_datasets(
+        train_read.sequences,
+        label_indices(train_read.labels, classes, train_read.source),
+        source,
+        0.0 if val is not None else val_fraction,
+        0.0 if test_read is not None else test_fraction,
+        seed,
+        classes=classes,
+        features=train_read.features,
+        given=given,
+    )
+    for data in datasets.values():  # where each split came from, for info and for a reader
+        options = json.loads(data.metadata["imported"])
+        options.update({k: Path(v).name for k, v in (("test", test), ("val", val)) if v})
+        data.metadata["imported"] = json.dumps(options, sort_keys=True)
     paths = save_datasets(out_dir, datasets, force=force)
-    return {"out_dir": str(out_dir), "source": str(source), "splits": _split_rows(datasets, paths)}
+    return {
+        "out_dir": str(out_dir),
+        "source": str(source),
+        "classes": classes,
+        "features": train_read.features,
+        "inputs": int(train_read.sequences[0].shape[1]),
+        "splits": _split_rows(datasets, paths),
+    }
 
 
 def _split_rows(datasets: dict[str, Dataset], paths: list[Path]) -> list[dict]:
-    return [
-        {
-            "split": split,
-            "sequences": len(d),
-            "clockwise": int((d.y == 0).sum()),
-            "anticlockwise": int((d.y == 1).sum()),
-            "length": d.length,
-            "min_length": int(d.lengths.min()),
-            "file": str(path),
-        }
-        for (split, d), path in zip(datasets.items(), paths)
-    ]
+    rows = []
+    for (split, d), path in zip(datasets.items(), paths):
+        counts = np.bincount(d.y, minlength=len(d.classes))
+        rows.append(
+            {
+                "split": split,
+                "sequences": len(d),
+                "classes": {name: int(n) for name, n in zip(d.classes, counts)},
+                "length": d.length,
+                "min_length": int(d.lengths.min()),
+                "file": str(path),
+            }
+        )
+    return rows
 
 
-def load_model(checkpoint_path: Path, device: str) -> SpiralClassifier:
+@dataclass
+class LoadedModel:
+    """A checkpoint's model on a working device, with what inference needs beside the weights."""
+
+    model: SpiralClassifier
+    checkpoint: Checkpoint
+
+    @property
+    def classes(self) -> list[str]:
+        return self.checkpoint.classes
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+
+def load_model(checkpoint_path: Path, device: str) -> LoadedModel:
     """A checkpoint's model on a working device."""
     checkpoint = load_checkpoint(checkpoint_path)
     device = resolve_device(device)
     _check_fits_kernels(device, checkpoint.model.hidden)
-    return SpiralClassifier(checkpoint.model, checkpoint.weights, device)
+    return LoadedModel(SpiralClassifier(checkpoint.model, checkpoint.weights, device), checkpoint)
 
 
 # ---- train
@@ -127,6 +233,8 @@ def _resumed_config(config: TrainConfig, resume: Checkpoint, given: frozenset[st
             "lr": float(saved["lr"]),
             "seed": int(saved["seed"]),
             "lr_schedule": str(saved.get("lr_schedule", "constant")),
+            "normalize": str(saved.get("normalize", "auto")),
+            "class_weight": str(saved.get("class_weight", "none")),
         }
     except (KeyError, TypeError, ValueError):
         raise SpiralError("the checkpoint's training config is incomplete", option="resume") from None
@@ -159,6 +267,13 @@ def _training_data(data_dir: Path | None, seed: int) -> tuple[Dataset, Dataset, 
         return splits["train"], splits["val"], f"generated: {generated}", []
     data = load_training_data(data_dir)
     train, val, warnings = data.train, data.val, data.warnings
+    if val is None:
+        warnings.append(
+            f"{data_dir} has no validation split (imported with --val-fraction 0): training on all of "
+            "train.safetensors; the val loss and accuracy shown are measured on the training sequences, "
+            "so best.safetensors is the epoch that fits them best, not one chosen by validation"
+        )
+        val = train
     return train, val, str(data_dir), warnings
 
 
@@ -175,7 +290,7 @@ def _fit_batch(config: TrainConfig, train: Dataset, device: str) -> tuple[TrainC
 
     inputs = train.x.shape[2]
     # the initial weights, the parameters, their gradients and Adam's two moments, in float32
-    state = 5 * 4 * ModelConfig(inputs, config.hidden).parameter_count()
+    state = 5 * 4 * ModelConfig(inputs, config.hidden, len(train.classes)).parameter_count()
 
     def needed(batch: int) -> int:
         return state + step_bytes(PackedBatch(batch, train.length, inputs), config.hidden)
@@ -359,6 +474,8 @@ def train(
             "give the same {data} (or none, if the run used the generated default)",
             option="resume",
         )
+    if config.class_weight != "none":
+        class_weights(config, train_set)  # a class without training sequences: an error before anything else
     config, notes = _fit_batch(config, train_set, tinygrad_device)
     if is_cpu(tinygrad_device):
         threads = thread_count()  # a bad SPIRALCTL_THREADS is an error before anything is written
@@ -454,22 +571,96 @@ def train(
 
 
 @contextmanager
-def _predictor(model: SpiralClassifier, options: InferenceOptions) -> Iterator[Predictor]:
-    with cpu_threads(model.device), cached_programs():
-        start_compile_workers(model.device)
-        yield Predictor(model, options.batch_size)
+def _predictor(loaded: LoadedModel, options: InferenceOptions) -> Iterator[Predictor]:
+    with cpu_threads(loaded.device), cached_programs():
+        start_compile_workers(loaded.device)
+        yield Predictor(loaded.model, options.batch_size, normalization=loaded.checkpoint.normalization)
 
 
-def evaluate(checkpoint_path: Path, data_path: Path, options: InferenceOptions = InferenceOptions()) -> dict:
-    """Loss, accuracy, per-class scores and confusion matrix of a checkpoint on a dataset file."""
+def _check_threshold(loaded: LoadedModel, options: InferenceOptions, given: bool) -> None:
+    """--threshold picks between two classes; with three or more the most probable one wins."""
+    if given and len(loaded.classes) > 2:
+        raise SpiralError(
+            f"applies to two-class models; this one has {len(loaded.classes)} classes and predicts the "
+            "most probable one: leave --threshold out",
+            option="threshold",
+        )
+
+
+def _check_inputs(loaded: LoadedModel, inputs: int, source: str) -> None:
+    expected = loaded.checkpoint.model.input_size
+    if inputs != expected:
+        raise SpiralError(
+            f"{source} has {inputs} feature(s) per point but the model takes {expected}"
+            f"{' (' + ', '.join(loaded.checkpoint.features) + ')' if loaded.checkpoint.features else ''}; "
+            "give data of the kind the model was trained on"
+        )
+
+
+def _true_labels(labels: list[str], loaded: LoadedModel, source: str) -> np.ndarray:
+    from spiralctl.data import label_indices
+
+    return label_indices(labels, loaded.classes, source)
+
+
+def _evaluation_data(source: str, loaded: LoadedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, lengths and true labels (indices into the model's classes) of a labelled file of any
+    format predict reads."""
+    from spiralctl.inputs import read_blocks
+
+    blocks = list(read_blocks(source))
+    if any(block.labels is None for block in blocks):
+        raise SpiralError(
+            f"{source} holds no labels to score against; give a dataset or a labelled file "
+            "(a label column, .ts, the archive's text formats, or .npz with y), or use predict"
+        )
+    _check_inputs(loaded, blocks[0].x.shape[2], source)
+    longest = max(block.x.shape[1] for block in blocks)
+    x = np.zeros((sum(len(b.names) for b in blocks), longest, blocks[0].x.shape[2]), dtype=np.float32)
+    row = 0
+    for block in blocks:
+        x[row : row + len(block.names), : block.x.shape[1]] = block.x
+        row += len(block.names)
+    lengths = np.concatenate([block.lengths for block in blocks])
+    labels = [label for block in blocks for label in block.labels]
+    return x, lengths, _true_labels(labels, loaded, source)
+
+
+def evaluate(
+    checkpoint_path: Path,
+    data_path: Path,
+    options: InferenceOptions = InferenceOptions(),
+    threshold_given: bool = False,
+) -> dict:
+    """Loss, accuracy, balanced accuracy, macro F1, per-class scores, confusion matrix and
+    accuracy by length of a checkpoint on a dataset or any labelled file."""
     options.check()
-    model = load_model(checkpoint_path, options.device)
-    data = load_dataset(data_path)
-    with _predictor(model, options) as predictor:
-        logits = predictor.logits(data.x, data.lengths)
-    report = classification_report(logits, data.y, options.threshold)
-    report["by_length"] = accuracy_by_length(logits, data.y, data.lengths, options.threshold)
-    return {**report, "checkpoint": str(checkpoint_path), "data": str(data_path), "device": model.device}
+    loaded = load_model(checkpoint_path, options.device)
+    _check_threshold(loaded, options, threshold_given)
+    warnings = []
+    if Path(data_path).suffix.lower() == ".safetensors":
+        data = load_dataset(data_path)
+        _check_inputs(loaded, data.x.shape[2], str(data_path))
+        x, lengths = data.x, data.lengths
+        y = _true_labels([data.classes[i] for i in data.y], loaded, str(data_path))
+        if loaded.checkpoint.data_fingerprint and data.fingerprint() == loaded.checkpoint.data_fingerprint:
+            warnings.append(
+                f"{data_path} is the training split this model was trained on, so this accuracy says "
+                "nothing about new data; evaluate on the val or test split"
+            )
+    else:
+        x, lengths, y = _evaluation_data(str(data_path), loaded)
+    with _predictor(loaded, options) as predictor:
+        logits = predictor.logits(x, lengths)
+    report = classification_report(logits, y, options.threshold, loaded.classes)
+    report["by_length"] = accuracy_by_length(logits, y, lengths, options.threshold)
+    return {
+        **report,
+        "checkpoint": str(checkpoint_path),
+        "data": str(data_path),
+        "device": loaded.device,
+        "warnings": warnings,
+    }
 
 
 def check_accuracy_bound(min_accuracy: float) -> None:
@@ -487,51 +678,50 @@ def check_min_accuracy(report: dict, min_accuracy: float) -> None:
         )
 
 
-def classify(
-    checkpoint_path: Path,
-    names: list[str],
-    sequences: list[np.ndarray],
-    labels: np.ndarray | None = None,
-    options: InferenceOptions = InferenceOptions(),
-) -> list[dict]:
-    """One dict per sequence: name, points, probability, label (and true_label when known)."""
-    options.check()
-    model = load_model(checkpoint_path, options.device)
-    with _predictor(model, options) as predictor:
-        probability = sigmoid(predictor.logits_ragged(sequences))
-    rows = []
-    for i, (name, seq, p) in enumerate(zip(names, sequences, probability)):
-        row = {"sequence": name, "points": len(seq), "probability": float(p)}
-        row["label"] = LABELS[int(p > options.threshold)]
-        if labels is not None:
-            row["true_label"] = LABELS[int(labels[i])]
-        rows.append(row)
-    return rows
-
-
 @dataclass
 class PredictionBlock:
     """The predictions for a block of an input's sequences, as arrays (no dict per row)."""
 
     names: list[str]
     points: np.ndarray  # int [n]
-    probability: np.ndarray  # float32 [n]: P(anticlockwise)
-    label: np.ndarray  # int [n]: 0 clockwise, 1 anticlockwise
-    true_label: np.ndarray | None = None  # when the input is a dataset
+    probabilities: np.ndarray  # float32 [n, K]: every class's probability
+    label: np.ndarray  # int [n]: the predicted class
+    classes: list[str]
+    true_label: list[str] | None = None  # the label the input gives, where it gives one
 
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def probability(self) -> np.ndarray:
+        """The predicted class's probability, [n]."""
+        return self.probabilities[np.arange(len(self.label)), self.label]
+
     def rows(self) -> Iterator[dict]:
-        """One dict per sequence: sequence, points, probability, label (and true_label)."""
-        truth = None if self.true_label is None else self.true_label.tolist()
-        for i, (name, points, p, label) in enumerate(
-            zip(self.names, self.points.tolist(), self.probability.tolist(), self.label.tolist())
+        """One dict per sequence: sequence, points, label, probability (of that label), every
+        class's probability (and true_label where the input gives one)."""
+        classes = self.classes
+        for i, (name, points, p, label, every) in enumerate(
+            zip(
+                self.names,
+                self.points.tolist(),
+                self.probability.tolist(),
+                self.label.tolist(),
+                self.probabilities.tolist(),
+            )
         ):
-            row = {"sequence": name, "points": points, "probability": p, "label": LABELS[label]}
-            if truth is not None:
-                row["true_label"] = LABELS[truth[i]]
+            row = {"sequence": name, "points": points, "label": classes[label], "probability": p}
+            row["probabilities"] = dict(zip(classes, every))
+            if self.true_label is not None:
+                row["true_label"] = self.true_label[i]
             yield row
+
+
+def _true_names(labels: list[str] | None, loaded: LoadedModel, source: str) -> list[str] | None:
+    """The input's labels as the model's class names (a label that names no class is an error)."""
+    if labels is None:
+        return None
+    return [loaded.classes[i] for i in _true_labels(labels, loaded, source)]
 
 
 def predict_blocks(
@@ -539,23 +729,57 @@ def predict_blocks(
     source: str,
     options: InferenceOptions = InferenceOptions(),
     block: int | None = None,
+    threshold_given: bool = False,
 ) -> Iterator[PredictionBlock]:
     """Classify the sequences of `source` (see inputs.read_blocks) a block at a time, each block
     as soon as it is read and classified: memory is bounded by the block, not by the input."""
     options.check()
     blocks = read_blocks(source, block)
     first = next(blocks)  # a bad input is reported before the model is loaded
-    model = load_model(checkpoint_path, options.device)
-    with _predictor(model, options) as predictor:
+    loaded = load_model(checkpoint_path, options.device)
+    _check_threshold(loaded, options, threshold_given)
+    _check_inputs(loaded, first.x.shape[2], "stdin" if source == "-" else source)
+    with _predictor(loaded, options) as predictor:
         for block in itertools.chain([first], blocks):
-            probability = sigmoid(predictor.logits(block.x, block.lengths))
-            label = (probability > options.threshold).astype(np.int64)
-            yield PredictionBlock(block.names, block.lengths, probability, label, block.labels)
+            _check_inputs(loaded, block.x.shape[2], "stdin" if source == "-" else source)
+            logits = predictor.logits(block.x, block.lengths)
+            yield PredictionBlock(
+                block.names,
+                block.lengths,
+                probabilities(logits),
+                predicted_labels(logits, options.threshold),
+                loaded.classes,
+                _true_names(block.labels, loaded, source),
+            )
 
 
 def predict(checkpoint_path: Path, source: str, options: InferenceOptions = InferenceOptions()) -> list[dict]:
     """Classify every sequence in `source`; one dict per sequence (predict_blocks streams)."""
     return [row for block in predict_blocks(checkpoint_path, source, options) for row in block.rows()]
+
+
+def classify(
+    checkpoint_path: Path,
+    names: list[str],
+    sequences: list[np.ndarray],
+    labels: list[str] | None = None,
+    options: InferenceOptions = InferenceOptions(),
+) -> list[dict]:
+    """One dict per sequence as PredictionBlock.rows gives them, for sequences already read."""
+    options.check()
+    loaded = load_model(checkpoint_path, options.device)
+    with _predictor(loaded, options) as predictor:
+        logits = predictor.logits_ragged(sequences)
+    lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+    block = PredictionBlock(
+        names,
+        lengths,
+        probabilities(logits),
+        predicted_labels(logits, options.threshold),
+        loaded.classes,
+        _true_names(labels, loaded, "the input"),
+    )
+    return list(block.rows())
 
 
 def plot(
@@ -639,21 +863,30 @@ def info(path: Path) -> dict:
     }
     if fmt in DATASET_FORMATS:
         data = load_dataset(path)
-        counts = np.bincount(data.y, minlength=2)
+        counts = np.bincount(data.y, minlength=len(data.classes))
         report.update(
             kind="dataset",
             sequences=len(data),
+            inputs=int(data.x.shape[2]),
+            features=data.features,
             length=data.length,
             min_length=int(data.lengths.min()),
-            classes={name: int(counts[i]) for i, name in enumerate(LABELS)},
+            classes={name: int(counts[i]) for i, name in enumerate(data.classes)},
         )
     elif fmt == CHECKPOINT_FORMAT:
         checkpoint = load_checkpoint(path)
+        normalization = checkpoint.normalization
         report.update(
             kind="checkpoint",
             epoch=checkpoint.epoch,
             partial_steps=int(checkpoint.metrics.get("partial_steps", 0)),
             hidden=checkpoint.model.hidden,
+            inputs=checkpoint.model.input_size,
+            features=checkpoint.features,
+            classes=checkpoint.classes,
+            normalization=None
+            if normalization is None
+            else {"mean": normalization[0].tolist(), "std": normalization[1].tolist()},
             parameters=int(sum(w.size for w in checkpoint.weights.values())),
             resumable=bool(checkpoint.optimizer),
         )

@@ -11,6 +11,11 @@ from spiralctl.data import check_seed
 from spiralctl.errors import SpiralError
 
 LR_SCHEDULES = ("constant", "cosine")
+# how inputs are scaled: auto z-scores each feature of imported data and leaves the generated
+# spirals as they are (the tutorial's setting); on and off force it
+NORMALIZE = ("auto", "on", "off")
+# how the loss weighs the classes: none (every sequence alike) or balanced (n / (K n_k))
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "cosine": from lr down to 0 over all steps of all epochs
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
     save_every: int = 0  # also keep epoch-N.safetensors every this many epochs (0: never)
+    normalize: str = "auto"  # NORMALIZE
+    class_weight: str = "none"  # CLASS_WEIGHTS
 
     def check(self) -> None:
         for option in ("epochs", "batch_size", "hidden"):
@@ -39,6 +46,11 @@ class TrainConfig:
             raise SpiralError(
                 f"must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})", option="lr_schedule"
             )
+        for option, choices in (("normalize", NORMALIZE), ("class_weight", CLASS_WEIGHTS)):
+            if getattr(self, option) not in choices:
+                raise SpiralError(
+                    f"must be one of {', '.join(choices)} (got {getattr(self, option)!r})", option=option
+                )
         check_seed(self.seed)
 
     def learning_rate(self, step: int, total_steps: int) -> float:
@@ -105,10 +117,13 @@ def load_run_options(path: Path) -> dict:
             raise SpiralError(
                 f"{path}: {key!r} must be {article} {expected.__name__} (got {value!r})", option="config"
             )
-    if options.get("lr_schedule", "constant") not in LR_SCHEDULES:
-        choices = ", ".join(LR_SCHEDULES)
-        raise SpiralError(
-            f"{path}: 'lr_schedule' must be one of {choices} (got {options['lr_schedule']!r})",
-            option="config",
-        )
+    for key, known in (
+        ("lr_schedule", LR_SCHEDULES),
+        ("normalize", NORMALIZE),
+        ("class_weight", CLASS_WEIGHTS),
+    ):
+        if options.get(key, known[0]) not in known:
+            raise SpiralError(
+                f"{path}: {key!r} must be one of {', '.join(known)} (got {options[key]!r})", option="config"
+            )
     return {k: float(v) if k == "lr" else v for k, v in options.items()}

@@ -1,4 +1,4 @@
-"""Spiral sequence datasets: generate, save, load, check and batch."""
+"""Sequence datasets: generate spirals, build a user's splits, save, load, check and batch."""
 
 from __future__ import annotations
 
@@ -143,8 +143,9 @@ class DataConfig:
 
 @dataclass
 class Dataset:
-    """Sequences `x: float32[N, T, 2]` (zero past each sequence's length), labels `y: uint8[N]`
-    (0 clockwise, 1 anticlockwise) and lengths `lengths: int64[N]` (2..T; default all T)."""
+    """Sequences `x: float32[N, T, D]` (zero past each sequence's length), labels `y: uint8[N]`
+    (0..K-1, indices into `classes`: for spirals 0 clockwise, 1 anticlockwise) and lengths
+    `lengths: int64[N]` (2..T; default all T)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -164,6 +165,17 @@ class Dataset:
         return int(self.x.shape[1])
 
     @property
+    def classes(self) -> list[str]:
+        """The K class names, in label order (the spirals' two for files that name none)."""
+        names = _json_list(self.metadata.get("labels"))
+        return names if names is not None else list(LABELS)
+
+    @property
+    def features(self) -> list[str] | None:
+        """The D feature names, where the data named them."""
+        return _json_list(self.metadata.get("features"))
+
+    @property
     def mixed(self) -> bool:
         """Whether the sequences have different lengths."""
         return bool(len(self.lengths)) and int(self.lengths.min()) != int(self.lengths.max())
@@ -174,6 +186,17 @@ class Dataset:
         if self.mixed:  # as before for one length: a run on a version 1 file resumes on its copy
             digest.update(self.lengths.astype(np.int64).tobytes())
         return digest.hexdigest()[:16]
+
+
+def _json_list(text: str | None) -> list[str] | None:
+    """A metadata value holding a JSON list of strings, or None where absent or not that."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def spiral_points(angle: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -224,20 +247,20 @@ def generate(config: DataConfig) -> dict[str, Dataset]:
 
 
 def split_indices(
-    y: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator
+    y: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator, classes: int = 2
 ) -> dict[str, np.ndarray]:
     """Stratified split: each class is shuffled and cut the same way (round(n * fraction) of
     each class for val and for test, the rest for train), then each split is shuffled. No test
-    split when test_fraction is 0."""
-    per_class = [rng.permutation(np.flatnonzero(y == label)) for label in (0, 1)]
+    split when test_fraction is 0, and no val split when val_fraction is 0."""
+    per_class = [rng.permutation(np.flatnonzero(y == label)) for label in range(classes)]
     sizes = {}
     for split, fraction in (("val", val_fraction), ("test", test_fraction)):
         sizes[split] = [round(len(ids) * fraction) for ids in per_class]
     sizes["train"] = [len(ids) - v - t for ids, v, t in zip(per_class, sizes["val"], sizes["test"])]
     splits: dict[str, np.ndarray] = {}
-    starts = [0, 0]
+    starts = [0] * classes
     for split in SPLITS:
-        if split == "test" and test_fraction == 0:
+        if (split == "test" and test_fraction == 0) or (split == "val" and val_fraction == 0):
             continue
         parts = [ids[start : start + n] for ids, start, n in zip(per_class, starts, sizes[split])]
         starts = [start + n for start, n in zip(starts, sizes[split])]
@@ -264,6 +287,56 @@ def padded_sequences(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return x, lengths
 
 
+def label_dtype(classes: int) -> type:
+    """Labels are stored as uint8 up to 256 classes, int32 beyond."""
+    return np.uint8 if classes <= 256 else np.int32
+
+
+def _natural_key(name: str) -> tuple:
+    """Class names in a natural order: numbers by value ("2" before "10"), then text."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def class_names(labels: list[str], declared: list[str] | None = None) -> list[str]:
+    """The classes of a labelled file in label order: those the file declares, in its order;
+    else the spirals' own two where every label names one of them (clockwise, anticlockwise, 0,
+    1, any case: today's CSV and JSON files); else the distinct labels in natural order."""
+    if declared is not None:
+        return list(declared)
+    distinct = sorted(set(labels), key=_natural_key)
+    lowered = {name.strip().lower() for name in distinct}
+    if lowered <= {*LABELS, "0", "1"} and lowered & set(LABELS):
+        return list(LABELS)
+    return distinct
+
+
+def label_indices(labels: list[str], classes: list[str], where: str) -> np.ndarray:
+    """Each label's index in `classes`: its exact name, else its name in another case, else (for
+    the spirals' classes) 0 or 1. A label that names no class is an error naming it."""
+    exact = {name: i for i, name in enumerate(classes)}
+    folded: dict[str, int] = {}
+    for i, name in enumerate(classes):
+        folded.setdefault(name.strip().lower(), i)
+    spirals = list(classes) == list(LABELS)
+    out = np.empty(len(labels), dtype=label_dtype(len(classes)))
+    for row, label in enumerate(labels):
+        index = exact.get(label)
+        if index is None:
+            key = label.strip().lower()
+            index = folded.get(key, int(key) if spirals and key in ("0", "1") else None)
+        if index is None:
+            shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+            raise SpiralError(
+                f"{where}: label {label!r} of sequence {row} is not one of the classes ({shown}); "
+                "give every sequence one of these labels"
+            )
+        out[row] = index
+    return out
+
+
 def imported_datasets(
     sequences: list[np.ndarray],
     labels: np.ndarray,
@@ -271,10 +344,20 @@ def imported_datasets(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
+    *,
+    classes: list[str] | None = None,
+    features: list[str] | None = None,
+    given: dict[str, Dataset] | None = None,
 ) -> dict[str, Dataset]:
-    """A user's labelled sequences as train/val(/test) datasets, split as gen-data splits."""
-    if not 0 < val_fraction < 1:
-        raise SpiralError(f"must be above 0 and below 1 (got {val_fraction})", option="val_fraction")
+    """A user's labelled sequences (labels: indices into `classes`) as train/val(/test)
+    datasets, split stratified and seeded as gen-data splits. `given` holds splits that come
+    from files of their own (the archive's official test split, a val file): they are kept
+    whole, and only the splits not given are carved from these sequences. val_fraction 0 (or a
+    given val) carves no val split."""
+    given = given or {}
+    classes = list(LABELS) if classes is None else list(classes)
+    if not 0 <= val_fraction < 1:
+        raise SpiralError(f"must be at least 0 and below 1 (got {val_fraction})", option="val_fraction")
     if not 0 <= test_fraction < 1:
         raise SpiralError(f"must be at least 0 and below 1 (got {test_fraction})", option="test_fraction")
     if val_fraction + test_fraction >= 1:
@@ -284,15 +367,23 @@ def imported_datasets(
             option="val_fraction",
         )
     check_seed(seed)
-    x, lengths = padded_sequences(sequences)
-    labels = np.asarray(labels, dtype=np.uint8)
-    splits = split_indices(labels, val_fraction, test_fraction, np.random.default_rng(seed))
-    empty = [split for split, index in splits.items() if len(index) == 0]
-    if empty:
-        counts = np.bincount(labels, minlength=2)
+    labels = np.asarray(labels).astype(label_dtype(len(classes)))
+    counts = np.bincount(labels, minlength=len(classes))
+    if (counts > 0).sum() < 2:
+        only = classes[int(np.argmax(counts))]
         raise SpiralError(
-            f"{source}: {counts[0]} clockwise and {counts[1]} anticlockwise sequences are too few for "
-            f"the fractions given: the {' and '.join(empty)} split would be empty; give more sequences"
+            f"{source}: every sequence is of class {only!r}; a classifier needs at least two classes"
+        )
+    x, lengths = padded_sequences(sequences)
+    fractions = (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
+    splits = split_indices(labels, *fractions, np.random.default_rng(seed), len(classes))
+    carved = {"train": True, "val": fractions[0] > 0, "test": fractions[1] > 0}
+    empty = [split for split, index in splits.items() if carved[split] and len(index) == 0]
+    if empty:
+        described = ", ".join(f"{int(n)} {name}" for name, n in zip(classes, counts))
+        raise SpiralError(
+            f"{source}: {described} sequences are too few for the fractions given: the "
+            f"{' and '.join(empty)} split would be empty; give more sequences or a smaller fraction"
         )
     from spiralctl.devices import tinygrad_version
 
@@ -300,14 +391,20 @@ def imported_datasets(
     metadata = {
         "format": DATASET_FORMAT,
         "imported": json.dumps({**options, "seed": seed}, sort_keys=True),
-        "labels": json.dumps(list(LABELS)),
+        "labels": json.dumps(classes),
         "spiralctl_version": __version__,
         "tinygrad_version": tinygrad_version(),
     }
-    return {
+    if features is not None:
+        metadata["features"] = json.dumps(list(features))
+    datasets = {
         split: Dataset(x[index], labels[index], {**metadata, "split": split}, lengths[index])
         for split, index in splits.items()
     }
+    for split, data in given.items():
+        data.metadata = {**metadata, **data.metadata, "split": split}
+        datasets[split] = data
+    return {split: datasets[split] for split in SPLITS if split in datasets}
 
 
 def dataset_metadata(config: DataConfig, split: str) -> dict[str, str]:
@@ -371,14 +468,27 @@ def load_dataset(path: Path) -> Dataset:
             f"{path}: a dataset holds tensors {' and '.join(sorted(names))}, found {sorted(tensors)}"
         )
     x, y = tensors["x"], tensors["y"]
-    if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] != 2 or x.shape[1] < 2:
-        raise SpiralError(f"{path}: x must be float32[N, T, 2] with T >= 2, found {x.dtype}{list(x.shape)}")
-    if y.dtype != np.uint8 or y.shape != (x.shape[0],):
-        raise SpiralError(f"{path}: y must be uint8[{x.shape[0]}], found {y.dtype}{list(y.shape)}")
+    if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] < 1 or x.shape[1] < 2:
+        raise SpiralError(
+            f"{path}: x must be float32[N, T, D] with T >= 2 and D >= 1, found {x.dtype}{list(x.shape)}"
+        )
+    if y.dtype not in (np.uint8, np.int32) or y.shape != (x.shape[0],):
+        raise SpiralError(f"{path}: y must be uint8[{x.shape[0]}] (or int32), found {y.dtype}{list(y.shape)}")
     if len(y) == 0:
         raise SpiralError(f"{path} holds no sequences")
-    if y.max() > 1:
-        raise SpiralError(f"{path}: labels must be 0 (clockwise) or 1 (anticlockwise), found {int(y.max())}")
+    classes = _json_list(metadata.get("labels")) if "labels" in metadata else list(LABELS)
+    if classes is None or len(classes) < 2 or len(set(classes)) != len(classes):
+        raise SpiralError(
+            f"{path}: metadata 'labels' must be a JSON list of two or more distinct class names"
+        )
+    if int(y.min()) < 0 or int(y.max()) >= len(classes):
+        raise SpiralError(
+            f"{path}: labels must be 0 to {len(classes) - 1} (one per class: {', '.join(classes[:10])}), "
+            f"found {int(y.max()) if int(y.max()) >= len(classes) else int(y.min())}"
+        )
+    features = metadata.get("features")
+    if features is not None and len(_json_list(features) or []) != x.shape[2]:
+        raise SpiralError(f"{path}: metadata 'features' must be a JSON list of {x.shape[2]} feature names")
     if not np.isfinite(x).all():
         raise SpiralError(f"{path}: x holds NaN or infinite values; regenerate the file")
     lengths = tensors.get("lengths")
@@ -406,19 +516,39 @@ def load_split(data_dir: Path, split: str) -> Dataset:
 
 @dataclass
 class TrainingData:
-    """A data folder's train and val splits, and what looks wrong with them (as messages)."""
+    """A data folder's train and val splits (val None: imported with no validation split), and
+    what looks wrong with them (as messages)."""
 
     train: Dataset
-    val: Dataset
+    val: Dataset | None
     warnings: list[str] = field(default_factory=list)
+
+
+def _imported_without_val(train: Dataset) -> bool:
+    """Whether `train` was imported with --val-fraction 0 (and no val file): no val split exists."""
+    try:
+        options = json.loads(train.metadata.get("imported", "{}"))
+    except ValueError:
+        return False
+    return isinstance(options, dict) and options.get("val_fraction") == 0 and not options.get("val")
 
 
 def load_training_data(data_dir: Path) -> TrainingData:
     """train.safetensors and val.safetensors of `data_dir`, with a warning when validation would
-    measure nothing new: both files hold the same sequences, or one holds another split."""
+    measure nothing new: both files hold the same sequences, or one holds another split. A
+    folder imported with no validation split gives val None."""
     data_dir = Path(data_dir)
-    data = TrainingData(load_split(data_dir, "train"), load_split(data_dir, "val"))
+    train = load_split(data_dir, "train")
     train_path, val_path = data_dir / "train.safetensors", data_dir / "val.safetensors"
+    if not val_path.exists() and _imported_without_val(train):
+        return TrainingData(train, None)
+    data = TrainingData(train, load_split(data_dir, "val"))
+    if data.val.classes != train.classes or data.val.x.shape[2] != train.x.shape[2]:
+        raise SpiralError(
+            f"{val_path} does not match {train_path}: classes {data.val.classes} and "
+            f"{data.val.x.shape[2]} features against {train.classes} and {train.x.shape[2]}; "
+            "import them together"
+        )
     if data.train.fingerprint() == data.val.fingerprint():
         data.warnings.append(
             f"{val_path} holds the same sequences as {train_path}, so validation measures nothing "
@@ -433,6 +563,31 @@ def load_training_data(data_dir: Path) -> TrainingData:
                 f"use the {split}.safetensors that gen-data wrote"
             )
     return data
+
+
+Normalization = tuple[np.ndarray, np.ndarray]  # per-feature mean and standard deviation, float32 [D]
+
+
+def feature_statistics(data: Dataset) -> Normalization:
+    """Per-feature mean and standard deviation over every real point of `data` (none past a
+    sequence's length), in float64, as float32. A feature that never varies keeps a scale of 1."""
+    inside = np.arange(data.length)[None, :] < data.lengths[:, None]
+    points = data.x[inside].astype(np.float64)  # [points, D]
+    mean = points.mean(axis=0)
+    std = points.std(axis=0)
+    std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalized(x: np.ndarray, lengths: np.ndarray, statistics: Normalization | None) -> np.ndarray:
+    """x [n, L, D] with each feature z-scored by `statistics` (none: x as it is); zero past each
+    sequence's length, as the data is stored."""
+    if statistics is None:
+        return x
+    mean, std = statistics
+    out = ((x - mean) / std).astype(np.float32)
+    out[np.arange(x.shape[1])[None, :] >= np.asarray(lengths)[:, None]] = 0.0
+    return out
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The spiral classifier: an LSTM over the points and a linear head on the last hidden state."""
+"""The sequence classifier: an LSTM over the points and a linear head on the last hidden state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from spiralctl.kernels.family import kernel_family
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.lstm import lstm_reference
 
-# PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, 1).
+# PyTorch's names for nn.LSTM(input, hidden, batch_first=True) + nn.Linear(hidden, rows): one row
+# (a single logit, binary cross-entropy) for two classes, K rows (softmax cross-entropy) for K >= 3.
 PARAMETER_NAMES = (
     "lstm.weight_ih_l0",
     "lstm.weight_hh_l0",
@@ -26,16 +27,22 @@ PARAMETER_NAMES = (
 class ModelConfig:
     input_size: int = 2
     hidden: int = 8
+    classes: int = 2
+
+    @property
+    def head_rows(self) -> int:
+        """The head's outputs: one logit for two classes, one per class from three up."""
+        return 1 if self.classes == 2 else self.classes
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        h, d = self.hidden, self.input_size
+        h, d, k = self.hidden, self.input_size, self.head_rows
         return {
             "lstm.weight_ih_l0": (4 * h, d),
             "lstm.weight_hh_l0": (4 * h, h),
             "lstm.bias_ih_l0": (4 * h,),
             "lstm.bias_hh_l0": (4 * h,),
-            "head.weight": (1, h),
-            "head.bias": (1,),
+            "head.weight": (k, h),
+            "head.bias": (k,),
         }
 
     def parameter_count(self) -> int:
@@ -67,27 +74,30 @@ class SpiralClassifier:
         }
 
     def __call__(self, x: Tensor, impl: str = "fused") -> Tensor:
-        """Differentiable by tinygrad's autograd: the fused kernels ("fused") or the plain
+        """The logits of x: [B, T, D]: [B] for a one-row head (two classes), [B, K] for K rows.
+        Differentiable by tinygrad's autograd: the fused kernels ("fused") or the plain
         recurrence ("reference")."""
         if impl not in ("fused", "reference"):
             raise ValueError(f"unknown LSTM implementation {impl!r}; use fused or reference")
         lstm = self.kernels.lstm_fused if impl == "fused" else lstm_reference
         p = self.parameters
         h = lstm(x, *(p[name] for name in PARAMETER_NAMES[:4]))
-        return (h @ p["head.weight"].T + p["head.bias"]).reshape(-1)
+        logits = h @ p["head.weight"].T + p["head.bias"]
+        return logits.reshape(-1) if p["head.weight"].shape[0] == 1 else logits
 
     def logits_packed(self, packed: Tensor, layout: PackedBatch, state: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of the sequences in a packed batch ([1, layout.size]) after its chunk of time
         steps: the fused forward kernel and the head. state [2, H, B] carries (h, c) from the
-        chunk before (when the packed start is above 0) to the next. Returns (logits, the state
-        as the kernel left it)."""
+        chunk before (when the packed start is above 0) to the next. Returns (logits: [B] for a
+        one-row head, [B, K] for K rows; the state as the kernel left it)."""
         p, batch, length = self.parameters, layout.batch, layout.length
         weights = (p[name] for name in PARAMETER_NAMES[:4])
         out = self.kernels.sequence_forward(
             packed, *weights, batch, length, lengths=layout.lengths, state=state
         )
         hs, state = out[0], out[5]
-        return (hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]).reshape(-1), state
+        logits = hs[length, :, :batch].permute(1, 0) @ p["head.weight"].T + p["head.bias"]
+        return (logits.reshape(-1) if p["head.weight"].shape[0] == 1 else logits), state
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {name: t.numpy() for name, t in self.parameters.items()}

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralctl.data import LABELS
 from spiralctl.errors import SpiralError
 from spiralctl.storage import atomic_output
 
 INSTALL = 'pip install "spiralctl[plot]"'
 # the colours the terminal tables use for the two classes, and one for mistakes
 COLOURS = {"clockwise": "#1f9bb4", "anticlockwise": "#c2399b", "mistake": "#d62728"}
+# other classes' colours, in the order they first appear (matplotlib's tab10 without its red)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
 
 
@@ -101,7 +102,7 @@ def sequence_plot(
     sequences: list[np.ndarray],
     names: list[str],
     out: Path,
-    labels: np.ndarray | None = None,
+    labels: list[str] | None = None,
     predictions: list[dict] | None = None,
     title: str = "",
 ) -> dict:
@@ -113,19 +114,32 @@ def sequence_plot(
     rows = math.ceil(count / columns)
     figure = _figure(max(1.7 * columns + 0.4, 5.2), 1.8 * rows + 0.9)
     mistakes = 0
+    colours = dict(COLOURS)
+
+    def colour_of(label: str | None) -> str:
+        if label is None:
+            return "black"
+        if label not in colours:
+            colours[label] = PALETTE[(len(colours) - len(COLOURS)) % len(PALETTE)]
+        return colours[label]
+
     for i, (seq, name) in enumerate(zip(sequences, names)):
         axes = figure.add_subplot(rows, columns, i + 1)
-        truth = LABELS[int(labels[i])] if labels is not None else None
+        truth = labels[i] if labels is not None else None
         if predictions is not None:
             label = predictions[i]["label"]
             wrong = truth is not None and label != truth
             caption = f"{name}: p={predictions[i]['probability']:.2f}"
         else:
             label, wrong, caption = truth, False, str(name)
-        colour = COLOURS[label] if label else "black"
-        axes.plot(seq[:, 0], seq[:, 1], color=colour, linewidth=1.2)
-        axes.plot(seq[0, 0], seq[0, 1], "o", color=colour, markersize=3)
-        if len(seq) >= 2:
+        colour = colour_of(label)
+        if seq.shape[1] != 2:  # not a 2-D path: each feature over time
+            for feature in range(seq.shape[1]):
+                axes.plot(seq[:, feature], color=colour, linewidth=0.9, alpha=1.0 if feature == 0 else 0.5)
+        else:
+            axes.plot(seq[:, 0], seq[:, 1], color=colour, linewidth=1.2)
+            axes.plot(seq[0, 0], seq[0, 1], "o", color=colour, markersize=3)
+        if len(seq) >= 2 and seq.shape[1] == 2:
             axes.annotate(
                 "",
                 xy=seq[-1],
@@ -139,18 +153,26 @@ def sequence_plot(
                 spine.set_edgecolor(COLOURS["mistake"])
                 spine.set_linewidth(2.5)
         axes.set_title(caption, fontsize=8, color=COLOURS["mistake"] if wrong else "black")
-        axes.set_aspect("equal", adjustable="datalim")
+        if seq.shape[1] == 2:
+            axes.set_aspect("equal", adjustable="datalim")
         axes.set_xticks([])
         axes.set_yticks([])
     what = "predicted label" if predictions is not None else "label" if labels is not None else "none"
+    paths = all(seq.shape[1] == 2 for seq in sequences)
+    shape = "dot = start, arrow = end" if paths else "each feature over time"
     if what == "none":  # no labels in the input and no model to predict them
-        heading = f"{title}: unlabelled (give --checkpoint to colour by prediction)\ndot = start, arrow = end"
+        heading = f"{title}: unlabelled (give --checkpoint to colour by prediction)\n{shape}"
     else:
-        heading = (
-            f"{title}: coloured by {what}\nclockwise teal, anticlockwise magenta; dot = start, arrow = end"
-        )
+        spirals = set(colours) <= set(COLOURS)
+        key = "clockwise teal, anticlockwise magenta" if spirals else "classes in the legend"
+        heading = f"{title}: coloured by {what}\n{key}; {shape}"
+        if not spirals:
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([0], [0], color=c, label=n) for n, c in colours.items() if n not in COLOURS]
+            figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7)
     if predictions is not None:
-        heading += "\np = P(anticlockwise)"
+        heading += "\np = probability of the predicted class"
         if labels is not None:
             heading += f"; {mistakes} of {count} wrong (red frame, ✗)"
     figure.suptitle(heading, fontsize=9)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
-from spiralctl.data import LABELS
+from spiralctl.data import LABELS, Normalization, normalized
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.staging import download, staging_tensor, upload
 from spiralctl.model import SpiralClassifier
@@ -36,10 +36,18 @@ class Predictor:
     one short, compiles once).
     """
 
-    def __init__(self, model: SpiralClassifier, batch_size: int = 128, chunk: int | None = None) -> None:
+    def __init__(
+        self,
+        model: SpiralClassifier,
+        batch_size: int = 128,
+        chunk: int | None = None,
+        normalization: Normalization | None = None,
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.chunk = chunk
+        self.normalization = normalization  # applied to every batch before the model sees it
+        self.rows = model.config.head_rows  # logits per sequence: 1 (two classes) or K
         self._jits: dict[PackedBatch, TinyJit] = {}
         self._inputs: dict[PackedBatch, tuple[Tensor, np.ndarray]] = {}
 
@@ -76,7 +84,9 @@ class Predictor:
         return PackedBatch(batch, ideal, self.model.config.input_size)
 
     def _batch_logits(self, layout: PackedBatch, x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """x: [n <= B, L, D] (zero past each sequence's length), lengths: [n] -> logits [n]."""
+        """x: [n <= B, L, D] (zero past each sequence's length), lengths: [n] -> logits [n] (or
+        [n, K]), with the predictor's normalisation applied first."""
+        x = normalized(x, lengths, self.normalization)
         forward, staged, packed = self._forward(layout)
         n, steps = len(x), layout.length
         view = packed[: layout.labels].reshape(layout.batch, steps, layout.inputs)
@@ -106,20 +116,23 @@ class Predictor:
             yield index, self._batch_logits(layout, gather(index, longest), batch_lengths)
 
     def logits(self, x: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-        """x: float32[N, T, 2] (zero-padded past each sequence's length), lengths: [N] (default:
-        all T) -> float32[N] logits."""
+        """x: float32[N, T, D] (zero-padded past each sequence's length), lengths: [N] (default:
+        all T) -> float32[N] logits (two classes) or [N, K]."""
         lengths = np.full(len(x), x.shape[1], dtype=np.int64) if lengths is None else np.asarray(lengths)
-        out = np.empty(len(x), dtype=np.float32)
+        out = self._out(len(x))
         for index, logits in self._run(lengths, lambda index, longest: x[index, :longest]):
             out[index] = logits
         return out
 
     def logits_ragged(self, sequences: list[np.ndarray]) -> np.ndarray:
-        """Sequences of any lengths ([T_i, 2] each), batched by length through one program."""
-        out = np.empty(len(sequences), dtype=np.float32)
+        """Sequences of any lengths ([T_i, D] each), batched by length through one program."""
+        out = self._out(len(sequences))
         for index, logits in self.iter_ragged(sequences):
             out[index] = logits
         return out
+
+    def _out(self, n: int) -> np.ndarray:
+        return np.empty((n,) if self.rows == 1 else (n, self.rows), dtype=np.float32)
 
     def iter_ragged(self, sequences: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(indices, logits) per batch as each finishes, for sequences of any lengths."""
@@ -145,15 +158,48 @@ def bce_numpy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
 
 
-def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
-    """Loss, accuracy, confusion matrix and per-class precision/recall/F1."""
-    probability = sigmoid(logits)
-    predicted = (probability > threshold).astype(np.int64)
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Every class's probability, [N, K]: from one logit (two classes: [1 - p, p]) or K."""
+    if logits.ndim == 1:
+        p = sigmoid(logits)
+        return np.stack([1 - p, p], axis=1)
+    return np.exp(log_softmax(logits)).astype(np.float32)
+
+
+def predicted_labels(logits: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The class of each sequence: for one logit, class 1 when its probability is above
+    `threshold`; for K logits the most probable class (the first of equals)."""
+    if logits.ndim == 1:
+        return (sigmoid(logits) > threshold).astype(np.int64)
+    return np.argmax(logits, axis=1).astype(np.int64)
+
+
+def losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each sequence's loss: binary cross-entropy on one logit, softmax cross-entropy on K."""
+    if logits.ndim == 1:
+        return bce_numpy(logits, labels)
+    return -log_softmax(logits)[np.arange(len(labels)), labels.astype(np.int64)]
+
+
+def classification_report(
+    logits: np.ndarray, labels: np.ndarray, threshold: float = 0.5, classes: list[str] | None = None
+) -> dict:
+    """Loss, accuracy, balanced accuracy, macro F1, the K x K confusion matrix (rows: true class,
+    columns: predicted) and per-class precision / recall / F1 / support, keyed by class name."""
+    classes = list(LABELS) if classes is None else list(classes)
+    k = len(classes)
+    predicted = predicted_labels(logits, threshold)
     truth = labels.astype(np.int64)
-    confusion = np.zeros((2, 2), dtype=np.int64)  # rows: true class, columns: predicted class
+    confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     per_class = {}
-    for label, name in enumerate(LABELS):
+    for label, name in enumerate(classes):
         tp = int(confusion[label, label])
         predicted_n = int(confusion[:, label].sum())
         actual_n = int(confusion[label, :].sum())
@@ -161,14 +207,20 @@ def classification_report(logits: np.ndarray, labels: np.ndarray, threshold: flo
         recall = tp / actual_n if actual_n else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual_n}
-    return {
+    present = [row for row in per_class.values() if row["support"]]
+    report = {
         "n": int(len(truth)),
-        "loss": float(bce_numpy(logits, labels).mean()),
+        "loss": float(losses(logits, labels).mean()),
         "accuracy": float((predicted == truth).mean()),
-        "threshold": threshold,
+        "balanced_accuracy": float(np.mean([row["recall"] for row in present])) if present else 0.0,
+        "macro_f1": float(np.mean([row["f1"] for row in present])) if present else 0.0,
+        "classes": classes,
         "confusion": confusion.tolist(),
         "per_class": per_class,
     }
+    if logits.ndim == 1:
+        report["threshold"] = threshold
+    return report
 
 
 LENGTH_BUCKETS = 4
@@ -190,7 +242,7 @@ def accuracy_by_length(
     logits: np.ndarray, labels: np.ndarray, lengths: np.ndarray, threshold: float = 0.5
 ) -> list[dict]:
     """Accuracy per length bucket (see length_buckets): shortest, longest, n, accuracy."""
-    right = (sigmoid(logits) > threshold).astype(np.int64) == labels.astype(np.int64)
+    right = predicted_labels(logits, threshold) == labels.astype(np.int64)
     rows = []
     for low, high in length_buckets(lengths):
         inside = (lengths >= low) & (lengths <= high)

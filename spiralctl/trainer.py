@@ -22,7 +22,7 @@ from tinygrad import Tensor, TinyJit
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
 from spiralctl.config import TrainConfig
-from spiralctl.data import Dataset, epoch_order, padded_batches
+from spiralctl.data import Dataset, Normalization, epoch_order, feature_statistics, normalized, padded_batches
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
 from spiralctl.kernels.adam import BETAS, FusedAdam, adam_scalars
 from spiralctl.kernels.layout import PackedBatch
@@ -34,8 +34,32 @@ from spiralctl.predictor import Predictor, classification_report
 from spiralctl.runs import append_metrics
 
 ProgressCallback = Callable[[str, dict], None]
-# an untrained classifier's loss is ln 2; a mean loss this far above it is a diverged run
-DIVERGED_LOSS = 100 * math.log(2)
+# an untrained classifier's loss is ln K; a mean loss this many times above it is a diverged run
+DIVERGED_FACTOR = 100
+
+
+def uses_normalization(config: TrainConfig, train: Dataset) -> bool:
+    """--normalize auto z-scores imported data and leaves generated spirals as they are."""
+    if config.normalize == "auto":
+        return "imported" in train.metadata
+    return config.normalize == "on"
+
+
+def class_weights(config: TrainConfig, train: Dataset) -> np.ndarray:
+    """Each class's weight in the loss: 1 for all, or n / (K n_k) from the training split
+    (--class-weight balanced; a class without training sequences is an error)."""
+    k = len(train.classes)
+    if config.class_weight == "none":
+        return np.ones(k, dtype=np.float32)
+    counts = np.bincount(train.y, minlength=k)
+    if (counts == 0).any():
+        missing = ", ".join(repr(train.classes[i]) for i in np.flatnonzero(counts == 0))
+        raise SpiralError(
+            f"balanced needs training sequences of every class, and {missing} has none; "
+            "import data with every class in its training split, or use {class_weight} none",
+            option="class_weight",
+        )
+    return (len(train) / (k * counts)).astype(np.float32)
 
 
 def no_progress(event: str, info: dict) -> None:
@@ -210,10 +234,17 @@ class _Saver:
     """Writes a run's checkpoints: the model and optimizer as they are, with a state's metrics."""
 
     def __init__(
-        self, run_dir: Path, model_config: ModelConfig, trainer: Trainer, record: dict, fingerprint: str
+        self,
+        run_dir: Path,
+        model_config: ModelConfig,
+        trainer: Trainer,
+        record: dict,
+        train: Dataset,
+        normalization: Normalization | None,
     ) -> None:
         self.run_dir, self.model_config, self.trainer = run_dir, model_config, trainer
-        self.record, self.fingerprint = record, fingerprint
+        self.record, self.fingerprint = record, train.fingerprint()
+        self.classes, self.features, self.normalization = train.classes, train.features, normalization
 
     def save(self, names: list[str], state: ResumeState, on_progress: ProgressCallback) -> None:
         checkpoint = Checkpoint(
@@ -224,6 +255,9 @@ class _Saver:
             metrics=state.metrics(),
             data_fingerprint=self.fingerprint,
             optimizer=self.trainer.optimizer_state(),
+            classes=self.classes,
+            features=self.features,
+            normalization=self.normalization,
         )
         for name in names:
             save_checkpoint(self.run_dir / name, checkpoint)
@@ -244,13 +278,17 @@ def train_epoch(
     state: ResumeState,
     stop: StopOnSignal,
     on_progress: ProgressCallback,
+    weights: np.ndarray | None = None,
 ) -> ResumeState:
     """The steps of `epoch` from state.step on. Returns the state after them: state.step is the
-    number of steps taken (all of them unless a signal arrived), with their sums."""
+    number of steps taken (all of them unless a signal arrived), with their sums. `weights`
+    gives each class's weight in the loss (default: 1 each)."""
     n, batch = len(data), trainer.config.batch_size
     batches = math.ceil(n / batch)
     index = np.stack([i for i, _ in padded_batches(n, batch, epoch_order(trainer.config.seed, epoch, n))])
-    mask = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
+    real = (np.arange(batches * batch).reshape(batches, batch) < n).astype(np.float32)
+    # the kernels weigh each sequence's loss by its mask entry: 0 for padding rows
+    mask = real if weights is None else real * weights[data.y[index]]
     started, first = time.perf_counter(), state.step
     sums, done = np.array([state.loss_sum, state.correct]), first
     for step in range(first, batches):
@@ -258,7 +296,7 @@ def train_epoch(
         loss, right = trainer.step(data.x[rows], data.y[rows], mask[step], data.lengths[rows])
         if not math.isfinite(loss):
             raise Diverged(f"training loss became {loss} in epoch {epoch}")
-        sums += [loss * mask[step].sum(), right]
+        sums += [loss * real[step].sum(), right]
         done = step + 1
         on_progress(
             "batch",
@@ -281,7 +319,7 @@ def end_of_epoch(
 ) -> dict:
     """The epoch's metrics: training loss and accuracy from its steps, validation on `val`."""
     n = timing["sequences"]
-    report = classification_report(predictor.logits(val.x, val.lengths), val.y)
+    report = classification_report(predictor.logits(val.x, val.lengths), val.y, classes=val.classes)
     metrics = {
         "epoch": epoch,
         "train_loss": state.loss_sum / n,
@@ -293,14 +331,18 @@ def end_of_epoch(
         "sequences_per_second": timing["trained"] / timing["train_seconds"],
         "seconds": time.perf_counter() - timing["started"],
     }
+    counts = np.bincount(val.y, minlength=len(val.classes))
+    if counts.min() != counts.max():  # unequal classes: plain accuracy flatters the largest
+        metrics["val_balanced_accuracy"] = report["balanced_accuracy"]
     if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
         raise Diverged(
             f"the loss became {metrics['train_loss']} (validation {metrics['val_loss']}) in epoch {epoch}"
         )
-    if max(metrics["train_loss"], metrics["val_loss"]) > DIVERGED_LOSS:
+    untrained = math.log(len(val.classes))
+    if max(metrics["train_loss"], metrics["val_loss"]) > DIVERGED_FACTOR * untrained:
         raise Diverged(
             f"training diverged: train loss {metrics['train_loss']:.4g}, validation loss "
-            f"{metrics['val_loss']:.4g} in epoch {epoch} (an untrained model scores {math.log(2):.3f})"
+            f"{metrics['val_loss']:.4g} in epoch {epoch} (an untrained model scores {untrained:.3f})"
         )
     return metrics
 
@@ -356,7 +398,17 @@ def fit(
     """
     config.check()
     run_dir = Path(run_dir)
-    model_config = ModelConfig(input_size=train.x.shape[2], hidden=config.hidden)
+    model_config = ModelConfig(input_size=train.x.shape[2], hidden=config.hidden, classes=len(train.classes))
+    raw_train = train  # the data as stored: its fingerprint and names go into the checkpoints
+    if resume is not None:
+        statistics = resume.normalization  # exactly what the run started with
+    else:
+        statistics = feature_statistics(train) if uses_normalization(config, train) else None
+    loss_weights = None if config.class_weight == "none" else class_weights(config, train)
+    if statistics is not None:  # the training steps read normalised data; validation normalises its own
+        train = Dataset(
+            normalized(train.x, train.lengths, statistics), train.y, train.metadata, train.lengths
+        )
     weights = resume.weights if resume else init_parameters(model_config, config.seed)
     model = SpiralClassifier(model_config, weights, device)
     n, batches = len(train), math.ceil(len(train) / config.batch_size)
@@ -367,9 +419,9 @@ def fit(
         trainer.load_optimizer_state(resume.optimizer)
         state = ResumeState.from_checkpoint(resume)
     # chunks of the training length: validation runs the forward kernel the training step compiled
-    predictor = Predictor(model, config.batch_size, chunk=train.length)
+    predictor = Predictor(model, config.batch_size, chunk=train.length, normalization=statistics)
     record = {**asdict(config), "device": device, "data": data_source}
-    saver = _Saver(run_dir, model_config, trainer, record, train.fingerprint())
+    saver = _Saver(run_dir, model_config, trainer, record, raw_train, statistics)
     last_checkpoint = str(run_dir / "last.safetensors")
     on_progress(
         "start",
@@ -385,6 +437,9 @@ def fit(
             "config": asdict(config),
             "data": data_source,
             "parameters": int(sum(w.size for w in weights.values())),
+            "classes": train.classes,
+            "features": train.x.shape[2],
+            "normalized": statistics is not None,
         },
     )
     history: list[dict] = []
@@ -392,7 +447,7 @@ def fit(
     with nullcontext(stop) if stop is not None else StopOnSignal() as stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             started, first = time.perf_counter(), state.step
-            stepped = train_epoch(trainer, train, epoch, state, stop, on_progress)
+            stepped = train_epoch(trainer, train, epoch, state, stop, on_progress, loss_weights)
             if stepped.step < batches:  # a signal: save the position inside the epoch
                 saver.save(["last.safetensors"], stepped, on_progress)
                 where = f"in epoch {epoch} after step {stepped.step} of {batches}"

@@ -1037,11 +1037,9 @@ def _check_devices(devices: list[str]) -> None:
 def _check_data(data_dir: Path | None) -> None:
     if data_dir is None:
         return
-    from spiralctl.data import load_split
+    from spiralctl.data import load_training_data
 
-    train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
-    if train.length != val.length:
-        raise SpiralError(f"--data {data_dir}: train and val sequences differ in length")
+    load_training_data(data_dir)  # every check train makes, before the first trial starts
 
 
 def tune(

@@ -12,14 +12,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spiralctl.data import LABELS
 from spiralctl.errors import OutputFailed, render_settings
 
-LABEL_STYLE = {"clockwise": "cyan", "anticlockwise": "magenta"}
+# class colours in label order (the spirals: clockwise cyan, anticlockwise magenta)
+CLASS_STYLES = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
+
+
+def styled(name: str, classes: list[str]) -> str:
+    """A class name in its colour, escaped for Rich markup."""
+    from rich.markup import escape
+
+    style = CLASS_STYLES[classes.index(name) % len(CLASS_STYLES)] if name in classes else "default"
+    return f"[{style}]{escape(name)}[/]"
 
 
 # Output that is not a terminal (a file, a pipe) keeps every value whole: no wrapping at 80 columns.
@@ -300,14 +309,24 @@ def export_report(console: Console, report: dict) -> None:
 
 
 def eval_report(console: Console, report: dict) -> None:
+    from rich.markup import escape
+
+    for message in report.get("warnings", []):
+        warning(message)
+    classes = report["classes"]
     summary = Table(
-        title=f"{report['data']} ({report['n']} sequences)", show_header=False, title_justify="left"
+        title=escape(f"{report['data']} ({report['n']} sequences, {len(classes)} classes)"),
+        show_header=False,
+        title_justify="left",
     )
     summary.add_column(style="bold")
     summary.add_column(justify="right")
     summary.add_row("accuracy", f"{report['accuracy']:.4f}")
+    summary.add_row("balanced accuracy", f"{report['balanced_accuracy']:.4f}")
+    summary.add_row("macro F1", f"{report['macro_f1']:.4f}")
     summary.add_row("loss", f"{report['loss']:.4f}")
-    summary.add_row("threshold", f"{report['threshold']}")
+    if "threshold" in report:
+        summary.add_row("threshold", f"{report['threshold']}")
     console.print(summary)
 
     per_class = Table(title="per class", title_justify="left")
@@ -315,7 +334,7 @@ def eval_report(console: Console, report: dict) -> None:
         per_class.add_column(column, justify="left" if column == "class" else "right")
     for name, row in report["per_class"].items():
         per_class.add_row(
-            f"[{LABEL_STYLE[name]}]{name}[/]",
+            styled(name, classes),
             f"{row['precision']:.4f}",
             f"{row['recall']:.4f}",
             f"{row['f1']:.4f}",
@@ -325,10 +344,10 @@ def eval_report(console: Console, report: dict) -> None:
 
     confusion = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
     confusion.add_column("")
-    confusion.add_column("clockwise", justify="right")
-    confusion.add_column("anticlockwise", justify="right")
-    for name, row in zip(("clockwise", "anticlockwise"), report["confusion"]):
-        confusion.add_row(name, *(str(v) for v in row))
+    for name in classes:
+        confusion.add_column(styled(name, classes), justify="right")
+    for name, row in zip(classes, report["confusion"]):
+        confusion.add_row(styled(name, classes), *(str(v) for v in row))
     console.print(confusion)
 
     if len(report.get("by_length", [])) > 1:
@@ -346,23 +365,26 @@ def _span(row: dict) -> str:
 
 
 def predictions_table(console: Console, rows: list[dict]) -> None:
+    from rich.markup import escape
+
+    classes = list(rows[0]["probabilities"]) if rows else []
     table = Table(title_justify="left")
     table.add_column("sequence")
     table.add_column("points", justify="right")
-    table.add_column("P(anticlockwise)", justify="right")
     table.add_column("label")
+    table.add_column("probability", justify="right")
     has_truth = any("true_label" in row for row in rows)
     if has_truth:
         table.add_column("true label")
     for row in rows:
         cells = [
-            row["sequence"],
+            escape(row["sequence"]),
             str(row["points"]),
+            styled(row["label"], classes),
             f"{row['probability']:.4f}",
-            f"[{LABEL_STYLE[row['label']]}]{row['label']}[/]",
         ]
         if has_truth:
-            cells.append(row.get("true_label", ""))
+            cells.append(escape(row.get("true_label", "")))
         table.add_row(*cells)
     console.print(table)
 
@@ -370,20 +392,31 @@ def predictions_table(console: Console, rows: list[dict]) -> None:
 TABLE_ROWS = 50  # predict's table in a terminal: this many rows, then a summary line
 
 
+def prediction_csv_lines(block, header: bool = False) -> str:
+    """A predict block as CSV: sequence, points, label, probability (of that label), one
+    probability column per class (probability_<class>), and true_label when the input gives
+    one; the header line first when `header`."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    truth = block.true_label is not None
+    if header:
+        columns = ["sequence", "points", "label", "probability"]
+        columns += [f"probability_{name}" for name in block.classes] + (["true_label"] if truth else [])
+        writer.writerow(columns)
+    for row in block.rows():
+        cells = [row["sequence"], row["points"], row["label"], row["probability"]]
+        cells += list(row["probabilities"].values()) + ([row["true_label"]] if truth else [])
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
 def prediction_json_lines(block) -> str:
-    """One JSON object per sequence of a predict block, each on its own line."""
-    labels, encode = LABELS, json.encoder.encode_basestring_ascii
-    truth = None if block.true_label is None else block.true_label.tolist()
-    lines = []
-    for i, (name, points, p, label) in enumerate(
-        zip(block.names, block.points.tolist(), block.probability.tolist(), block.label.tolist())
-    ):
-        extra = "" if truth is None else f', "true_label": "{labels[truth[i]]}"'
-        lines.append(
-            f'{{"sequence": {encode(name)}, "points": {points}, "probability": {p!r}, '
-            f'"label": "{labels[label]}"{extra}}}\n'
-        )
-    return "".join(lines)
+    """One JSON object per sequence of a predict block, each on its own line: sequence, points,
+    label, probability (of that label), probabilities (every class's) and true_label."""
+    return "".join(json.dumps(row) + "\n" for row in block.rows())
 
 
 class PredictionStream:
@@ -395,14 +428,15 @@ class PredictionStream:
         self.mode = "json" if json_output else "table" if console.is_terminal else "csv"
         self.csv_lines = csv_lines
         self.shown: list[dict] = []
-        self.total, self.counts = 0, [0, 0]
+        self.total, self.counts, self.classes = 0, {}, []
         self.closed = console.quiet  # nothing more to write: quiet, or the reader went away
         self._table_printed = False
 
     def add(self, block) -> None:
         self.total += len(block)
-        for label in (0, 1):
-            self.counts[label] += int((block.label == label).sum())
+        self.classes = block.classes
+        for label, n in enumerate(np.bincount(block.label, minlength=len(block.classes)).tolist()):
+            self.counts[label] = self.counts.get(label, 0) + n
         if self.mode == "table":
             if len(self.shown) < TABLE_ROWS:
                 self.shown.extend(itertools.islice(block.rows(), TABLE_ROWS - len(self.shown)))
@@ -431,27 +465,38 @@ class PredictionStream:
             self._print_table()
         more = self.total - len(self.shown)
         if more:
-            clockwise, anticlockwise = self.counts
+            counts = sorted(self.counts.items())
+            counted = ", ".join(f"{n} {self.classes[label]}" for label, n in counts if n)
             self.console.print(
-                f"... and {more} more rows; all {self.total}: {clockwise} {LABELS[0]}, "
-                f"{anticlockwise} {LABELS[1]} (--json or -o FILE.csv for every row)",
+                f"... and {more} more rows; all {self.total}: {counted} "
+                "(--json or -o FILE.csv for every row)",
                 highlight=False,
+                markup=False,
             )
 
 
 def datasets_table(console: Console, summary: dict) -> None:
+    from rich.markup import escape
+
     rows = summary["splits"]
+    classes = list(rows[0]["classes"]) if rows else []
     table = Table(title_justify="left")
-    for column in ("split", "sequences", "clockwise", "anticlockwise", "length", "file"):
-        table.add_column(column, justify="left" if column in ("split", "file") else "right", overflow="fold")
+    if "inputs" in summary:
+        features = summary.get("features")
+        named = f" ({', '.join(features)})" if features else ""
+        counted = f"{len(classes)} classes, {plural(summary['inputs'], 'feature')}{named}"
+        table.title = escape(f"{summary.get('source', '')}: {counted}")
+    columns = ["split", "sequences"] + classes + ["length", "file"]
+    for i, column in enumerate(columns):
+        header = styled(column, classes) if 2 <= i < 2 + len(classes) else column
+        table.add_column(header, justify="left" if column in ("split", "file") else "right", overflow="fold")
     for row in rows:
         table.add_row(
             row["split"],
             str(row["sequences"]),
-            str(row["clockwise"]),
-            str(row["anticlockwise"]),
+            *(str(row["classes"][name]) for name in classes),
             str(row["length"]) if row.get("min_length", row["length"]) == row["length"] else _lengths(row),
-            row["file"],
+            escape(row["file"]),
         )
     console.print(table)
 
@@ -476,14 +521,27 @@ def file_info(console: Console, report: dict) -> None:
             else _lengths(report)
         )
         summary.add_row("sequences", f"{report['sequences']} of {points} points ({classes})")
+        summary.add_row("features", _features(report))
     if report["kind"] == "checkpoint":
         steps = report.get("partial_steps", 0)
         position = f" finished, and {plural(steps, 'step')} of epoch {report['epoch'] + 1}" if steps else ""
         summary.add_row("epoch", f"{report['epoch']}{position}")
         summary.add_row("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters")
+        summary.add_row("classes", f"{len(report['classes'])}: {', '.join(report['classes'])}")
+        summary.add_row("features", _features(report))
+        normalization = report.get("normalization")
+        summary.add_row(
+            "normalization",
+            "none (inputs as they are)"
+            if normalization is None
+            else "per feature: mean "
+            + ", ".join(f"{v:.4g}" for v in normalization["mean"])
+            + "; std "
+            + ", ".join(f"{v:.4g}" for v in normalization["std"]),
+        )
         summary.add_row("resumable", "yes (optimizer state stored)" if report["resumable"] else "no")
     for key, value in report["metadata"].items():
-        if key not in ("format", "epoch"):  # shown above
+        if key not in ("format", "epoch", "normalization"):  # shown above
             summary.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     console.print(summary)
     tensors = Table(title="tensors", title_justify="left")
@@ -492,6 +550,11 @@ def file_info(console: Console, report: dict) -> None:
     for tensor in report["tensors"]:
         tensors.add_row(tensor["name"], tensor["dtype"], str(tensor["shape"]))
     console.print(tensors)
+
+
+def _features(report: dict) -> str:
+    names = report.get("features")
+    return f"{report['inputs']}" + (f": {', '.join(names)}" if names else "")
 
 
 def devices_table(console: Console, report: dict) -> None:

@@ -233,3 +233,32 @@ def count_compiled(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(codegen, "do_to_program", capture)
     return names
+
+
+def head_numpy(h, w_head, b_head, y, weights):
+    """The head and its weighted loss in float64 numpy, as the step kernels define them.
+
+    One row of w_head is one logit with binary cross-entropy, K rows are K logits with softmax
+    cross-entropy; the loss is sum_b w_b loss_b / sum_b w_b for the sequences' weights w, and
+    `right` counts the sequences with w_b > 0 classified right (one row: z > 0 says class 1; K
+    rows: np.argmax, the first of the largest logits). Returns (loss, right, dL/dz: [B, rows],
+    the gradients {"head.weight", "head.bias", "h": dL/dh_T}).
+    """
+    h, w_head, b_head = (np.asarray(a, dtype=np.float64) for a in (h, w_head, b_head))
+    y, w = np.asarray(y).astype(np.int64), np.asarray(weights, dtype=np.float64)
+    z = h @ w_head.T + b_head
+    if w_head.shape[0] == 1:
+        z = z[:, 0]
+        per_sequence = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        d_z = (1 / (1 + np.exp(-z)) - y)[:, None]
+        predicted = (z > 0).astype(np.int64)
+    else:
+        top = z.max(axis=1, keepdims=True)
+        e = np.exp(z - top)
+        per_sequence = np.log(e.sum(axis=1)) + top[:, 0] - z[np.arange(len(y)), y]
+        d_z = e / e.sum(axis=1, keepdims=True) - np.eye(z.shape[1])[y]
+        predicted = z.argmax(axis=1)
+    d_z = d_z * (w / w.sum())[:, None]
+    loss = float((w * per_sequence).sum() / w.sum())
+    right = int(((predicted == y) & (w > 0)).sum())
+    return loss, right, d_z, {"head.weight": d_z.T @ h, "head.bias": d_z.sum(axis=0), "h": d_z @ w_head}

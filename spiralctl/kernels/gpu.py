@@ -36,7 +36,7 @@ from spiralctl.kernels.lstm import (
     forward_through_time,
     fused_lstm,
 )
-from spiralctl.kernels.step import LN2
+from spiralctl.kernels.step import LN2, _softmax_cross_entropy
 
 # threads per workgroup we aim for: enough to hide latency, well under every backend's limit (1024)
 BLOCK = 256
@@ -361,10 +361,11 @@ def _head_loss_kernel(
 ) -> UOp:
     """The loss part of the head: one workgroup, thread k takes columns k, k + K, ...
 
-    The count of real sequences is reduced through local memory first (dL/dlogit divides by it),
-    then the loss and the right answers; thread 0 writes out. per_sequence[:, b] as the CPU head.
+    The sum of the sequences' weights is reduced through local memory first (dL/dlogit divides
+    by it), then the loss and the right answers; thread 0 writes out. per_sequence[:, b] and the
+    loss for one row of w_head or several as the CPU head (step.py's `_head_kernel`).
     """
-    _, hidden, _ = hs.shape
+    rows, (_, hidden, _) = w_head.shape[0], hs.shape
     steps = hs.shape[0] - 1
     threads = head_threads(batch)
     per_thread = -(-batch // threads)
@@ -378,37 +379,49 @@ def _head_loss_kernel(
         ok = None if per_thread * threads == batch else b < batch
         return j, b, ok
 
-    def mask(b: UOp, ok: UOp | None) -> UOp:
+    def weight(b: UOp, ok: UOp | None) -> UOp:
         m = packed[offset + batch + _clamp(b, ok)]
         return m if ok is None else ok.where(m, 0.0)
 
-    # pass 1: this thread's share of the mask count
+    # pass 1: this thread's share of the weights' sum
     j, b, ok = columns()
     part = ids.reg(1)
     part = part[0].set(0.0)
-    part = part[0].set(part.after(j)[0] + mask(b, ok), end=j)
+    part = part[0].set(part.after(j)[0] + weight(b, ok), end=j)
     counts = ids.local((threads,))
     counts = counts.after(counts[k].store(part[0]))
     count = ids.total(threads, lambda i: counts[i])
 
-    # pass 2: per sequence, with the count known
+    # pass 2: per sequence, with the sum known
     j, b, ok = columns()
     bc = _clamp(b, ok)
     parts = ids.reg(2).after(count)
     parts = parts.after(UOp.group(parts[0].store(0.0), parts[1].store(0.0)))
     loop = parts.after(j)
-    logit = ids.total(hidden, lambda n: w_head[0, n] * hs[steps, n, bc], j) + b_head[0]
-    y, m = packed[offset + bc], mask(b, ok)
-    # loss = max(z, 0) - z*y + log(1 + exp(-|z|)); sigmoid(z) from the same exp(-|z|)
-    e = (logit * (logit < 0).where(1.0, -1.0)).exp()
-    p = (logit < 0).where(e, 1.0) / (1.0 + e)
-    loss = ((logit < 0).where(0.0, logit) - logit * y + (1.0 + e).log2() * LN2) * m
-    right = (((logit > 0).where(1.0, 0.0) - y).abs() < 0.5).where(m, 0.0)
+    y, m = packed[offset + bc], weight(b, ok)
     flat = _flat(per_sequence)
+    if rows == 1:
+        logit = ids.total(hidden, lambda n: w_head[0, n] * hs[steps, n, bc], j) + b_head[0]
+        # loss = max(z, 0) - z*y + log(1 + exp(-|z|)); sigmoid(z) from the same exp(-|z|)
+        e = (logit * (logit < 0).where(1.0, -1.0)).exp()
+        p = (logit < 0).where(e, 1.0) / (1.0 + e)
+        loss = ((logit < 0).where(0.0, logit) - logit * y + (1.0 + e).log2() * LN2) * m
+        right = ((logit > 0).where(1.0, 0.0) - y).abs() < 0.5
+        gradients = flat[_gated(b, ok)].store((p - y) * m / count)
+    else:
+
+        def logit(r: UOp, *deps: UOp) -> UOp:
+            return ids.total(hidden, lambda n: w_head[r, n] * hs[steps, n, bc], j, *deps) + b_head[r]
+
+        loss, right, gradient = _softmax_cross_entropy(logit, rows, y, ids.range, ids.reg, j)
+        loss = loss * m
+        r = ids.range(rows, AxisType.LOOP)
+        gradients = flat[_gated(r * batch + b, ok)].store(gradient(r) * m / count).end(r)
+    right = (right & (m > 0)).where(1.0, 0.0)
     stored = UOp.group(
-        flat[_gated(b, ok)].store((p - y) * m / count),
-        flat[_gated(batch + b, ok)].store(loss),
-        flat[_gated(2 * batch + b, ok)].store(right),
+        gradients,
+        flat[_gated(rows * batch + b, ok)].store(loss),
+        flat[_gated((rows + 1) * batch + b, ok)].store(right),
         parts[0].store(loop[0] + loss),
         parts[1].store(loop[1] + right),
     ).end(j)
@@ -427,15 +440,19 @@ def _head_loss_kernel(
 
 
 def _head_into_h_kernel(dh_last: UOp, per_sequence: UOp, w_head: UOp, *, batch: int) -> UOp:
-    """dL/dh_T[n, b] = dL/dlogit[b] * w_head[n]: one thread per element."""
+    """dL/dh_T[n, b] = sum_k dL/dz_k[b] * w_head[k, n]: one thread per element."""
     hidden, width = dh_last.shape
+    rows = w_head.shape[0]
     tile = _pow2_divisor(width, BLOCK)
     ids = _Ids()
     n = ids.range(hidden, AxisType.GLOBAL)
     group = ids.range(width // tile, AxisType.GLOBAL)
     col = ids.range(tile, AxisType.LOCAL)
     b = group * tile + col
-    into = per_sequence[0, b] * w_head[0, n]
+    if rows == 1:
+        into = per_sequence[0, b] * w_head[0, n]
+    else:
+        into = ids.total(rows, lambda r: per_sequence[r, b] * w_head[r, n])
     return (
         dh_last[n, b]
         .store(into)
@@ -445,30 +462,40 @@ def _head_into_h_kernel(dh_last: UOp, per_sequence: UOp, w_head: UOp, *, batch: 
 
 
 def _head_weights_kernel(d_head: UOp, per_sequence: UOp, hs: UOp, *, batch: int) -> UOp:
-    """d_head[n] = sum_b dL/dlogit[b] h_T[n, b] and d_head[H] = sum_b dL/dlogit[b]: one thread each."""
+    """d_head[r H + n] = sum_b dL/dz_r[b] h_T[n, b] and d_head[rows H + r] = sum_b dL/dz_r[b]:
+    one workgroup per row r of the head, one thread per entry of it (H weights and the bias)."""
     steps, hidden = hs.shape[0] - 1, hs.shape[1]
+    rows = per_sequence.shape[0] - 2
     ids = _Ids()
+    r = ids.range(rows, AxisType.GLOBAL)
     n = ids.range(hidden + 1, AxisType.LOCAL)
     is_w = n < hidden
     nc = is_w.where(n, 0)
-    total = ids.total(batch, lambda b: per_sequence[0, b] * is_w.where(hs[steps, nc, b], 1.0))
-    return d_head[n].store(total).end(n).sink(arg=KernelInfo(name="lstm_head_weights_gpu", opts_to_apply=()))
+    total = ids.total(batch, lambda b: per_sequence[r, b] * is_w.where(hs[steps, nc, b], 1.0))
+    # one row: d_head[n] for n <= H, the kernel from before K classes
+    index = n if rows == 1 else is_w.where(r * hidden + n, rows * hidden + r)
+    return (
+        d_head[index]
+        .store(total)
+        .end(n, r)
+        .sink(arg=KernelInfo(name="lstm_head_weights_gpu", opts_to_apply=()))
+    )
 
 
 def head_gpu(
     hs: Tensor, w_head: Tensor, b_head: Tensor, packed: Tensor, batch: int, offset: int
 ) -> list[Tensor]:
-    """Same arguments and return value as spiralctl.kernels.step._head: [out [1, 2] (mean masked loss, right
-    answers), dh_last: [H, B], d_head: [H + 1], per_sequence: [3, B]].
+    """Same arguments and return value as spiralctl.kernels.step._head: [out [1, 2] (weighted mean
+    loss, right answers), dh_last: [H, B], d_head: [rows x (H + 1)], per_sequence: [rows + 2, B]].
 
     Differs in that it is three kernels (the loss, then dL/dh_T and the head gradients, which need
     every dL/dlogit), and returns only these four tensors, not the kernel's inputs after them.
     """
-    _, hidden, width = hs.shape
+    rows, (_, hidden, width) = w_head.shape[0], hs.shape
     device = hs.device
     out, per_sequence, *_ = Tensor.custom_kernel(
         Tensor.empty(1, 2, device=device),
-        Tensor.empty(3, batch, device=device),
+        Tensor.empty(rows + 2, batch, device=device),
         hs,
         w_head,
         b_head,
@@ -482,7 +509,7 @@ def head_gpu(
         fxn=functools.partial(_head_into_h_kernel, batch=batch),
     )
     d_head, *_ = Tensor.custom_kernel(
-        Tensor.empty(hidden + 1, device=device),
+        Tensor.empty(rows * (hidden + 1), device=device),
         per_sequence,
         hs,
         fxn=functools.partial(_head_weights_kernel, batch=batch),
