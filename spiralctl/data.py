@@ -380,9 +380,9 @@ def imported_datasets(
     carved = {"train": True, "val": fractions[0] > 0, "test": fractions[1] > 0}
     empty = [split for split, index in splits.items() if carved[split] and len(index) == 0]
     if empty:
-        described = ", ".join(f"{int(n)} {name}" for name, n in zip(classes, counts))
+        described = ", ".join(f"{int(n)} of class {name!r}" for name, n in zip(classes, counts))
         raise SpiralError(
-            f"{source}: {described} sequences are too few for the fractions given: the "
+            f"{source}: {described} are too few sequences for the fractions given: the "
             f"{' and '.join(empty)} split would be empty; give more sequences or a smaller fraction"
         )
     from spiralctl.devices import tinygrad_version
