@@ -51,12 +51,31 @@ def _run(args: list[str]) -> tuple[dict, float]:
 def spiralctl(name: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     data, run = work / f"{name}-data", work / f"{name}-{seed}"
     if not data.exists():
-        _run(["import", str(archive_file(name, "TRAIN")), str(data), "--test", str(archive_file(name, "TEST")),
-              "--val-fraction", "0", "--json"])  # fmt: skip
+        train, test = archive_file(name, "TRAIN"), archive_file(name, "TEST")
+        _run(["import", str(train), str(data), "--test", str(test), "--val-fraction", "0", "--json"])
     _, train_seconds = _run(
-        ["train", "--data", str(data), "--hidden", str(args.hidden), "--batch-size", str(args.batch_size),
-         "--lr", str(args.lr), "--epochs", str(args.epochs), "--seed", str(seed), "--out", str(run),
-         "--no-plots", "--json", "-q", "--device", "cpu"]  # fmt: skip
+        [
+            "train",
+            "--data",
+            str(data),
+            "--hidden",
+            str(args.hidden),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(args.lr),
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(seed),
+            "--out",
+            str(run),
+            "--no-plots",
+            "--json",
+            "-q",
+            "--device",
+            "cpu",
+        ]  # fmt: skip
     )
     report, _ = _run(["eval", str(run / "last.safetensors"), str(data / "test.safetensors"), "--json"])
     return {"accuracy": report["accuracy"], "train_seconds": train_seconds, "data": data}
@@ -151,9 +170,12 @@ def main() -> None:
                 ours = spiralctl(name, seed, args, Path(work))
                 runs["spiralctl"].append(ours)
                 runs["pytorch"].append(pytorch(ours["data"], seed, args))
-                print(f"{name} seed {seed}: spiralctl {ours['accuracy']:.3f} in {ours['train_seconds']:.1f} s, "
-                      f"PyTorch {runs['pytorch'][-1]['accuracy']:.3f} in {runs['pytorch'][-1]['train_seconds']:.1f} s",
-                      file=sys.stderr)  # fmt: skip
+                theirs = runs["pytorch"][-1]
+                print(
+                    f"{name} seed {seed}: spiralctl {ours['accuracy']:.3f} in {ours['train_seconds']:.1f} s, "
+                    f"PyTorch {theirs['accuracy']:.3f} in {theirs['train_seconds']:.1f} s",
+                    file=sys.stderr,
+                )
             reference = dtw(ours["data"])
             row = {"set": name, "dtw": reference}
             for tool, results in runs.items():
