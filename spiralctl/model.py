@@ -63,7 +63,8 @@ def init_parameters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 class SpiralClassifier:
-    """Maps x: [B, T, 2] to one logit per sequence (positive means anticlockwise)."""
+    """Maps x: [B, T, D] to one logit per sequence for two classes (positive means the second
+    class: anticlockwise for spirals), or to K logits [B, K] for K >= 3 classes."""
 
     def __init__(self, config: ModelConfig, weights: dict[str, np.ndarray], device: str) -> None:
         self.config = config
