@@ -814,6 +814,14 @@ def evaluate(
             rich_help_panel=OUTPUT,
         ),
     ] = None,
+    confusion: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw the confusion matrix into this PNG (needs spiralctl[plot]).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Report loss, accuracy, balanced accuracy, macro F1, per-class precision/recall/F1 and the
@@ -826,7 +834,12 @@ def evaluate(
     if min_accuracy is not None:
         commands.check_accuracy_bound(min_accuracy)
     report = commands.evaluate(
-        checkpoint, data, _inference(device, batch_size, threshold), threshold_given=_given(ctx, "threshold")
+        checkpoint,
+        data,
+        _inference(device, batch_size, threshold),
+        threshold_given=_given(ctx, "threshold"),
+        confusion_png=confusion,
+        force=force,
     )
     _show(ctx, report, json_output, ui.eval_report)
     if min_accuracy is not None:

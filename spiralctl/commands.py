@@ -631,10 +631,20 @@ def evaluate(
     data_path: Path,
     options: InferenceOptions = InferenceOptions(),
     threshold_given: bool = False,
+    confusion_png: Path | None = None,
+    force: bool = False,
 ) -> dict:
     """Loss, accuracy, balanced accuracy, macro F1, per-class scores, confusion matrix and
-    accuracy by length of a checkpoint on a dataset or any labelled file."""
+    accuracy by length of a checkpoint on a dataset or any labelled file; the confusion matrix
+    also drawn into `confusion_png` when given."""
     options.check()
+    if confusion_png is not None:
+        from spiralctl.plots import require_matplotlib
+
+        if Path(confusion_png).suffix.lower() != ".png":
+            raise SpiralError(f"{confusion_png}: give a name ending in .png", option="confusion")
+        check_output(Path(confusion_png), force, option="confusion")
+        require_matplotlib()
     loaded = load_model(checkpoint_path, options.device)
     _check_threshold(loaded, options, threshold_given)
     warnings = []
@@ -654,6 +664,13 @@ def evaluate(
         logits = predictor.logits(x, lengths)
     report = classification_report(logits, y, options.threshold, loaded.classes)
     report["by_length"] = accuracy_by_length(logits, y, lengths, options.threshold)
+    if confusion_png is not None:
+        from spiralctl.plots import confusion_plot
+
+        title = f"{Path(data_path).name}: accuracy {report['accuracy']:.3f}"
+        report["confusion_png"] = str(
+            confusion_plot(report["confusion"], report["classes"], confusion_png, title)
+        )
     return {
         **report,
         "checkpoint": str(checkpoint_path),

@@ -2,12 +2,10 @@
 and any class labels, kept as the file writes them (the class indices are the caller's). The
 readers per format are in spiralctl.formats; this module picks one by the file's suffix (a .csv
 by its content) and gives labelled sequences (read_labelled, read_archive) or the sequences to
-classify block by block (read_blocks, read_sequences). Also the CSV that predict writes."""
+classify block by block (read_blocks, read_sequences)."""
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import sys
 from collections.abc import Iterable, Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralctl.data import LABELS, load_dataset, padded_sequences
+from spiralctl.data import load_dataset, padded_sequences
 from spiralctl.errors import SpiralError
 from spiralctl.formats.archive import archive_files
 from spiralctl.formats.arrays import npy_blocks, read_labels_npy, read_npz
@@ -236,21 +234,3 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], list[str] 
     labels = None if blocks[0].labels is None else [label for b in blocks for label in b.labels]
     return [n for b in blocks for n in b.names], [s for b in blocks for s in b.sequences()], labels
 
-
-PREDICTION_COLUMNS = ["sequence", "points", "probability", "label"]
-
-
-def prediction_csv_lines(block, header: bool = False) -> str:
-    """A predict block as CSV: sequence, points, probability, label (and true_label when known),
-    with the header line first when `header`."""
-    truth = block.true_label is not None
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if header:
-        writer.writerow(PREDICTION_COLUMNS + (["true_label"] if truth else []))
-    labels = [LABELS[label] for label in block.label.tolist()]
-    columns = [block.names, block.points.tolist(), block.probability.tolist(), labels]
-    if truth:
-        columns.append([LABELS[label] for label in block.true_label.tolist()])
-    writer.writerows(zip(*columns))
-    return buffer.getvalue()

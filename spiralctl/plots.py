@@ -98,6 +98,29 @@ def training_plots(history: list[dict], run_dir: Path) -> list[Path]:
     ]
 
 
+def confusion_plot(confusion: list[list[int]], classes: list[str], out: Path, title: str = "") -> Path:
+    """The K x K confusion matrix as a PNG: rows the true class, columns the predicted one, each
+    cell's count written in it and shaded by its share of its row (the class's recall there)."""
+    counts = np.array(confusion, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(classes)
+    size = min(max(3.2, 0.55 * k + 2.2), 16)
+    figure = _figure(size + 0.6, size)
+    axes = figure.add_subplot()
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(k), labels=classes, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    axes.set_yticks(range(k), labels=classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    for row in range(k):
+        for column in range(k):
+            dark = shares[row, column] > 0.5
+            axes.text(column, row, str(int(counts[row, column])), ha="center", va="center",
+                      color="white" if dark else "black", fontsize=8 if k > 12 else 10)  # fmt: skip
+    axes.set_title(title or "confusion", fontsize=9)
+    return _save(figure, Path(out))
+
+
 def sequence_plot(
     sequences: list[np.ndarray],
     names: list[str],

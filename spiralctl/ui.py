@@ -108,7 +108,9 @@ def plural(count: int, noun: str) -> str:
 def epoch_line(m: dict) -> str:
     return (
         f"epoch {m['epoch']}/{m['epochs']}  train loss {m['train_loss']:.4f}  val loss {m['val_loss']:.4f}  "
-        f"val acc {m['val_accuracy']:.4f}  {m['sequences_per_second']:.0f} seq/s  {m['seconds']:.1f}s"
+        f"val acc {m['val_accuracy']:.4f}  "
+        + (f"val bal acc {m['val_balanced_accuracy']:.4f}  " if "val_balanced_accuracy" in m else "")
+        + f"{m['sequences_per_second']:.0f} seq/s  {m['seconds']:.1f}s"
         + ("  *best" if m.get("best") else "")
     )
 
@@ -349,6 +351,8 @@ def eval_report(console: Console, report: dict) -> None:
     for name, row in zip(classes, report["confusion"]):
         confusion.add_row(styled(name, classes), *(str(v) for v in row))
     console.print(confusion)
+    if report.get("confusion_png"):
+        console.print(f"confusion matrix drawn into {report['confusion_png']}", markup=False)
 
     if len(report.get("by_length", [])) > 1:
         by_length = Table(title="accuracy by length (points)", title_justify="left")

@@ -92,7 +92,9 @@ def test_gen_data_json_and_files(run):
     summary = json.loads(result.stdout)
     assert [s["split"] for s in summary["splits"]] == ["train", "val", "test"]
     assert sum(s["sequences"] for s in summary["splits"]) == 40
-    assert all(s["clockwise"] == s["anticlockwise"] for s in summary["splits"])
+    assert all(list(s["classes"]) == ["clockwise", "anticlockwise"] for s in summary["splits"])
+    assert all(s["classes"]["clockwise"] == s["classes"]["anticlockwise"] for s in summary["splits"])
+    assert all(sum(s["classes"].values()) == s["sequences"] for s in summary["splits"])
     _, metadata = read_safetensors("data/test.safetensors")
     assert metadata["split"] == "test"
 
@@ -154,12 +156,18 @@ def test_predict_inputs(run, trained_run, tmp_path):
         "one.json": [3],
         "many.json": [2, 4],
     }
+    found = {}
     for name, lengths in expected.items():
         result = run("predict", checkpoint, name, "--json")
         assert result.exit_code == 0, (name, result.output)
-        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        rows = found[name] = [json.loads(line) for line in result.stdout.splitlines()]
         assert [row["points"] for row in rows] == lengths
-        assert all(0 <= row["probability"] <= 1 for row in rows)
+        for row in rows:
+            assert list(row["probabilities"]) == ["clockwise", "anticlockwise"]
+            assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-6)
+            assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+            assert row["probability"] == row["probabilities"][row["label"]]
+            assert 0.5 <= row["probability"] <= 1 and "true_label" not in row
 
     result = run("predict", checkpoint, "-", "--json", input="sequence,x,y\ns,0,1\ns,1,0\ns,0,-1\n")
     assert result.exit_code == 0 and json.loads(result.stdout)["sequence"] == "s"
@@ -169,7 +177,13 @@ def test_predict_inputs(run, trained_run, tmp_path):
     result = run("predict", checkpoint, "mixed.csv", "--output", "out.csv")
     assert result.exit_code == 0
     lines = (tmp_path / "out.csv").read_text().splitlines()
-    assert lines[0] == "sequence,points,probability,label" and len(lines) == 3
+    header = "sequence,points,label,probability,probability_clockwise,probability_anticlockwise"
+    assert lines[0] == header and len(lines) == 3
+    for line, row in zip(lines[1:], found["mixed.csv"]):
+        sequence, points, label, probability, *every = line.split(",")
+        assert [sequence, int(points), label] == [row["sequence"], row["points"], row["label"]]
+        assert float(probability) == pytest.approx(row["probability"], abs=1e-6)
+        np.testing.assert_allclose([float(p) for p in every], list(row["probabilities"].values()), atol=1e-6)
 
 
 def test_predict_is_consistent_across_batch_sizes_and_lengths(run, trained_run, small_data):
@@ -219,7 +233,7 @@ ERRORS = [
     (["eval", "text.safetensors", "{data}/val.safetensors"], 2, "text.safetensors"),
     (["eval", "{data}/val.safetensors", "{data}/val.safetensors"], 2, "is a dataset, not a checkpoint"),
     (["eval", "{ckpt}", "{ckpt}"], 2, "is a checkpoint, not a dataset"),
-    (["eval", "{ckpt}", "shape.safetensors"], 2, "float32[N, T, 2]"),
+    (["eval", "{ckpt}", "shape.safetensors"], 2, "has 1 feature(s) per point but the model takes 2"),
     (["eval", "{ckpt}", "labels.safetensors"], 2, "labels must be 0"),
     (["eval", "{ckpt}", "nan.safetensors"], 2, "NaN"),
     (["eval", "mismatch.safetensors", "{data}/val.safetensors"], 2, "lstm.weight_hh_l0"),

@@ -46,10 +46,12 @@ def test_csv_import_is_split_by_class_and_seed_and_trains(run):
     assert result.exit_code == 0, result.stderr
     assert result.stderr == ""
     summary = json.loads(result.stdout)
-    assert [(r["split"], r["clockwise"], r["anticlockwise"]) for r in summary["splits"]] == [
-        ("train", 12, 12),
-        ("val", 4, 4),
-        ("test", 4, 4),
+    assert summary["classes"] == ["clockwise", "anticlockwise"]
+    assert summary["features"] == ["x", "y"] and summary["inputs"] == 2
+    assert [(r["split"], r["sequences"], r["classes"]) for r in summary["splits"]] == [
+        ("train", 24, {"clockwise": 12, "anticlockwise": 12}),
+        ("val", 8, {"clockwise": 4, "anticlockwise": 4}),
+        ("test", 8, {"clockwise": 4, "anticlockwise": 4}),
     ]
     splits = _loaded("data")
     by_name = {name: (points, label) for name, points, label in rows}
@@ -93,24 +95,56 @@ def test_json_and_npy_imports(run):
     assert (train.lengths == 3).all() and len(train) + len(val) == 20
 
 
+def test_any_label_text_is_a_class(run):
+    """A label beside clockwise and anticlockwise is a third class, not an error: the classes
+    are then the labels in natural order, and each sequence keeps its own."""
+    rows = _spirals(30, seed=2)
+    names = ["clockwise", "anticlockwise", "left"]
+    with open("three.csv", "w") as handle:
+        handle.write("sequence,x,y,label\n")
+        for i, (name, points, _) in enumerate(rows):
+            for x, y in points:
+                handle.write(f"{name},{float(x)!r},{float(y)!r},{names[i % 3]}\n")
+    result = run("import", "three.csv", "data", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["classes"] == ["anticlockwise", "clockwise", "left"]
+    assert [(r["split"], r["sequences"], r["classes"]) for r in summary["splits"]] == [
+        ("train", 24, {"anticlockwise": 8, "clockwise": 8, "left": 8}),
+        ("val", 6, {"anticlockwise": 2, "clockwise": 2, "left": 2}),
+    ]
+    for data in _loaded_two("data"):
+        assert data.classes == ["anticlockwise", "clockwise", "left"]
+        for x, length, label in zip(data.x, data.lengths, data.y):
+            match = [i for i, (_, p, _) in enumerate(rows) if len(p) == length and np.allclose(x[:length], p)]
+            assert len(match) == 1 and data.classes[label] == names[match[0] % 3]
+
+
 def _loaded_two(folder):
     return [load_dataset(f"{folder}/{split}.safetensors") for split in ("train", "val")]
 
 
 BAD = [
     # (file name, content, extra arguments, the error line)
-    ("a.csv", "sequence,x,y\na,1,2\n", [], "a.csv: a CSV input needs the header 'sequence,x,y,label'"),
+    (
+        "a.csv",
+        "sequence,x,y\na,1,2\n",
+        [],
+        "a.csv: line 1: the header has no label column; give each row its sequence's label in a "
+        "column named label (such as 'sequence,x,y,label')\n",
+    ),
     (
         "b.csv",
         "sequence,x,y,label\na,1,2,0\na,2,3,1\n",
         [],
-        "b.csv: line 3: sequence a is labelled clockwise on its earlier lines and anticlockwise here",
+        "b.csv: line 3: sequence a is labelled 0 on its earlier lines and 1 here; give each sequence "
+        "one label\n",
     ),
     (
         "c.csv",
-        "sequence,x,y,label\na,1,2,left\n",
+        "sequence,x,y,label\na,1,2,\na,2,3,\n",
         [],
-        "c.csv: line 2: the label must be clockwise, anticlockwise",
+        "c.csv: line 2: the label is empty; give every row its sequence's label\n",
     ),
     (
         "d.csv",
@@ -118,20 +152,37 @@ BAD = [
         [],
         "d.csv: line 3: x = nan is not a finite number",
     ),
-    ("e.csv", "sequence,x,y,label\na,1,2,0\nb,1,2,1\nb,2,2,1\n", [], "e.csv: sequence a has 1 point(s)"),
+    (
+        "e.csv",
+        "sequence,x,y,label\na,1,2,0\nb,1,2,1\nb,2,2,1\n",
+        [],
+        "e.csv: line 2: sequence a has 1 point(s); at least 2 are needed\n",
+    ),
     ("f.csv", "sequence,x,y,label\na,1,2,0\na,1e39,2,0\n", [], "f.csv: line 3: x = 1e39 is beyond float32"),
     (
         "g.csv",
         "sequence,x,y,label\na,1,2,0\na,2,2,0\nb,1,2,1\nb,1,3,1\n",
         [],
-        "g.csv: 1 clockwise and 1 anticlockwise sequences are too few for the fractions given",
+        "g.csv: 1 of class '0', 1 of class '1' are too few sequences for the fractions given: the val "
+        "split would be empty; give more sequences or a smaller fraction\n",
     ),
-    ("h.json", '[{"points": [[0, 1], [1, "2"]], "label": 0}]', [], 'h.json: sequence 0, point 1: y = "2"'),
+    (
+        "h.json",
+        '[{"points": [[0, 1], [1, "2"]], "label": 0}]',
+        [],
+        'h.json: sequence 0, point 1: feature 1 = "2" is not a number; write the values as JSON numbers',
+    ),
     ("i.json", '[{"points": [[0, 1], [1, 2]]}]', [], "i.json: sequence 0 must be an object"),
     ("j.json", '[{"points": [[0, 1], [1, 2]], "label": true}]', [], "j.json: sequence 0: the label must be"),
     ("k.npy", None, [], "k.npy holds no labels: give them as a .npy array [N] with --labels FILE.npy\n"),
     ("l.csv", "sequence,x,y,label\na,1,2,0\n", ["--labels", "y.npy"], "--labels is for .npy inputs"),
-    ("m.txt", "", [], "m.txt: unknown input type '.txt'"),
+    ("m.txt", "", [], "m.txt is empty; give one sequence per line: its label, then its values\n"),
+    (
+        "m.dat",
+        "sequence,x,y,label\na,1,2,0\na,2,2,0\n",
+        [],
+        "m.dat: unknown input type '.dat'; use .ts, .tsv, .txt, .csv, .json, .npz or .npy\n",
+    ),
     ("n.csv", "sequence,x,y,label\na,1,2,0\na,2,2,0\n", ["--val-fraction", "1.5"], "--val-fraction must be"),
 ]
 
@@ -157,7 +208,8 @@ def test_npy_labels_must_match_the_sequences(run):
     result = run("import", "x.npy", "out", "--labels", "y.npy")
     assert result.exit_code == 2
     assert result.stderr == (
-        "error: --labels y.npy: labels must be one per sequence, [4] of 0/1 or class names; found int64[3]\n"
+        "error: --labels y.npy: labels must be one per sequence, [4] integers or class names; "
+        "found int64[3]\n"
     )
 
 

@@ -13,10 +13,18 @@ from spiralctl.data import load_dataset
 from spiralctl.storage import read_safetensors
 
 
-def _predict(run, checkpoint, data) -> np.ndarray:
+def _probabilities(run, checkpoint, data) -> np.ndarray:
+    """Every class's probability [N, K] as `spiralctl predict` gives it, in class order."""
     result = run("predict", checkpoint, data, "--json")
     assert result.exit_code == 0, result.output
-    return np.array([json.loads(line)["probability"] for line in result.stdout.splitlines()])
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(list(row["probabilities"]) == ["clockwise", "anticlockwise"] for row in rows)
+    return np.array([list(row["probabilities"].values()) for row in rows])
+
+
+def _predict(run, checkpoint, data) -> np.ndarray:
+    """P(anticlockwise) of each sequence, as `spiralctl predict` gives it."""
+    return _probabilities(run, checkpoint, data)[:, 1]
 
 
 def test_checkpoint_loads_into_torch_lstm(run, trained_run, small_data):
@@ -50,19 +58,26 @@ def test_onnx_export_matches_predict(run, trained_run, small_data):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["inputs"] == {"sequences": ["batch", "time", 2]}
-    assert set(report["outputs"]) == {"probability", "logit"}
+    assert report["outputs"] == {"probabilities": ["batch", 2], "logits": ["batch", 2]}
+    assert report["classes"] == ["clockwise", "anticlockwise"]
+    assert report["normalized"] is False  # generated spirals are not normalised (--normalize auto)
 
     session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
     for split in ("test", "val"):
         data = small_data / f"{split}.safetensors"
-        probability, logit = session.run(["probability", "logit"], {"sequences": load_dataset(data).x})
-        np.testing.assert_allclose(probability, _predict(run, checkpoint, data), atol=1e-5)
-        np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit.astype(np.float64))), atol=1e-6)
+        probabilities, logits = session.run(["probabilities", "logits"], {"sequences": load_dataset(data).x})
+        assert probabilities.shape == logits.shape == (len(load_dataset(data)), 2)
+        np.testing.assert_allclose(probabilities, _probabilities(run, checkpoint, data), atol=1e-5)
+        # two classes: the single logit z as [-z/2, z/2], so probabilities[:, 1] == sigmoid(z)
+        np.testing.assert_allclose(logits[:, 0], -logits[:, 1], atol=1e-6)
+        z = (logits[:, 1] - logits[:, 0]).astype(np.float64)
+        np.testing.assert_allclose(probabilities[:, 1], 1 / (1 + np.exp(-z)), atol=1e-6)
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-6)
     # any batch size and length: one sequence of 5 points
     one = np.array([[[0, 1], [1, 0], [0, -1], [-1, 0], [0, 1]]], dtype=np.float32)
     np.save("one.npy", one[0])
-    (probability,) = session.run(["probability"], {"sequences": one})
-    np.testing.assert_allclose(probability, _predict(run, checkpoint, "one.npy"), atol=1e-5)
+    (probabilities,) = session.run(["probabilities"], {"sequences": one})
+    np.testing.assert_allclose(probabilities, _probabilities(run, checkpoint, "one.npy"), atol=1e-5)
 
     # an existing file is kept unless --force
     before = open("model.onnx", "rb").read()

@@ -109,7 +109,11 @@ def test_predict_output_files_follow_the_force_rule(run, trained_run, small_data
     out = tmp_path / "predictions.csv"
     assert run("predict", checkpoint, data, "-o", out).exit_code == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "sequence,points,probability,label,true_label" and len(lines) == 31
+    assert lines[0] == (
+        "sequence,points,label,probability,probability_clockwise,probability_anticlockwise,true_label"
+    )
+    assert len(lines) == 31
+    assert {line.rsplit(",", 1)[1] for line in lines[1:]} <= {"clockwise", "anticlockwise"}
     result = run("predict", checkpoint, data, "-o", out)
     assert result.exit_code == 2 and "--force" in result.stderr and result.stdout == ""
     assert run("predict", checkpoint, data, "-o", out, "--force").exit_code == 0

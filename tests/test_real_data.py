@@ -116,8 +116,11 @@ def test_train_eval_predict_on_four_classes(run, motions, motions_run, tmp_path)
     recalls = [row["recall"] for row in report["per_class"].values()]
     assert report["balanced_accuracy"] == pytest.approx(np.mean(recalls))
     assert "threshold" not in report
-    table = run("eval", checkpoint, motions / "test.safetensors")
+    table = run("eval", checkpoint, motions / "test.safetensors", "--confusion", "c.png")
     assert table.exit_code == 0 and all(name in table.stdout for name in MOTIONS)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "c.png" in table.stdout
+    result = run("eval", checkpoint, motions / "test.safetensors", "--confusion", "c.png")
+    assert result.exit_code == 2 and "--force" in _error(result)
 
     # the .ts file scored directly gives the same report
     direct = _json(run("eval", checkpoint, _ts("BasicMotions", "TEST"), "--json"))

@@ -39,6 +39,8 @@ def test_config_json_repeats_the_run_and_options_override_it(run, small_data):
         "lr_schedule": "cosine",
         "patience": 0,
         "save_every": 0,
+        "normalize": "auto",
+        "class_weight": "none",
     }
 
     # the same run again, from the file alone: the same weights

@@ -14,6 +14,9 @@ from spiralctl import commands
 from spiralctl.errors import SpiralError
 from spiralctl.inputs import read_blocks
 
+# predict's CSV header for the spirals' two classes
+HEADER = "sequence,points,label,probability,probability_clockwise,probability_anticlockwise"
+
 
 def _csv(path, count, length=lambda i: 3 + i % 5, tail=""):
     rng = np.random.default_rng(0)
@@ -65,7 +68,8 @@ def test_npy_blocks_check_every_value(tmp_path):
     np.save("bad.npy", x)
     blocks = read_blocks("bad.npy", block=4)
     assert next(blocks).names == ["0", "1", "2", "3"]
-    with pytest.raises(SpiralError, match="bad.npy: sequence 7, point 2: y = inf is not a finite number"):
+    message = "bad.npy: sequence 7, point 2: feature 1 = inf is not a finite number; give finite values"
+    with pytest.raises(SpiralError, match=message):
         list(blocks)
 
 
@@ -75,12 +79,16 @@ def test_stdout_gets_csv_lines_unless_it_is_a_terminal(run, trained_run):
     result = run("predict", checkpoint, "many.csv")
     assert result.exit_code == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == "sequence,points,probability,label" and len(lines) == 8
-    assert lines[1].startswith("s0,3,0.")
+    assert lines[0] == HEADER and len(lines) == 8
     as_json = [
         json.loads(line) for line in run("predict", checkpoint, "many.csv", "--json").stdout.splitlines()
     ]
-    assert [f"{r['sequence']},{r['points']},{r['probability']!r},{r['label']}" for r in as_json] == lines[1:]
+    assert lines[1].startswith(f"s0,3,{as_json[0]['label']},")
+    assert [
+        f"{r['sequence']},{r['points']},{r['label']},{r['probability']!r},"
+        f"{r['probabilities']['clockwise']!r},{r['probabilities']['anticlockwise']!r}"
+        for r in as_json
+    ] == lines[1:]
 
 
 def test_the_table_in_a_terminal_shows_50_rows_and_a_summary(run, trained_run):
@@ -89,11 +97,13 @@ def test_the_table_in_a_terminal_shows_50_rows_and_a_summary(run, trained_run):
     result = run("predict", checkpoint, "many.csv", env={"TTY_COMPATIBLE": "1", "NO_COLOR": "1"})
     assert result.exit_code == 0 and result.stderr == ""
     assert "│ s49 " in result.stdout and "│ s50 " not in result.stdout
-    counts = [row["label"] for row in commands.predict(checkpoint, "many.csv")]
-    clockwise = counts.count("clockwise")
+    labels = [row["label"] for row in commands.predict(checkpoint, "many.csv")]
+    # each class the model predicted, in class order (a class it never predicted is left out)
+    counted = ", ".join(
+        f"{labels.count(name)} {name}" for name in ("clockwise", "anticlockwise") if name in labels
+    )
     assert result.stdout.splitlines()[-1] == (
-        f"... and 10 more rows; all 60: {clockwise} clockwise, {60 - clockwise} anticlockwise "
-        "(--json or -o FILE.csv for every row)"
+        f"... and 10 more rows; all 60: {counted} (--json or -o FILE.csv for every row)"
     )
 
 
@@ -111,7 +121,8 @@ def test_an_output_file_appears_only_when_every_row_is_written(run, trained_run,
     _csv("good.csv", 10)
     assert run("predict", checkpoint, "good.csv", "-o", "out.csv").exit_code == 0
     lines = open("out.csv").read().splitlines()
-    assert lines[0] == "sequence,points,probability,label" and len(lines) == 11
+    assert lines[0] == HEADER and len(lines) == 11
+    assert [line.split(",")[0] for line in lines[1:]] == [f"s{i}" for i in range(10)]
 
 
 @installed
@@ -120,7 +131,8 @@ def test_installed_predict_streams_csv_into_a_pipe(trained_run, tmp_path):
     result = shell(f"spiralctl predict {trained_run / 'best.safetensors'} {tmp_path / 'many.npy'} | head -3")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == "sequence,points,probability,label" and lines[2].startswith("1,5,")
+    assert lines[0] == HEADER and lines[2].startswith("1,5,")
+    assert len(lines) == 3 and lines[2].split(",")[2] in ("clockwise", "anticlockwise")
     assert result.stderr == ""
 
 
