@@ -233,4 +233,3 @@ def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], list[str] 
     blocks = list(read_blocks(source))
     labels = None if blocks[0].labels is None else [label for b in blocks for label in b.labels]
     return [n for b in blocks for n in b.names], [s for b in blocks for s in b.sequences()], labels
-
