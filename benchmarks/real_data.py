@@ -53,7 +53,7 @@ def spiralctl(name: str, seed: int, args: argparse.Namespace, work: Path) -> dic
     if not data.exists():
         train, test = archive_file(name, "TRAIN"), archive_file(name, "TEST")
         _run(["import", str(train), str(data), "--test", str(test), "--val-fraction", "0", "--json"])
-    _, train_seconds = _run(
+    summary, train_seconds = _run(
         [
             "train",
             "--data",
@@ -78,10 +78,29 @@ def spiralctl(name: str, seed: int, args: argparse.Namespace, work: Path) -> dic
         ]  # fmt: skip
     )
     report, _ = _run(["eval", str(run / "last.safetensors"), str(data / "test.safetensors"), "--json"])
-    return {"accuracy": report["accuracy"], "train_seconds": train_seconds, "data": data}
+    loop = sum(m["train_seconds"] for m in summary["history"])
+    return {
+        "accuracy": report["accuracy"],
+        "train_seconds": train_seconds,
+        "loop_seconds": loop,
+        "data": data,
+    }
 
 
-def pytorch(data: Path, seed: int, args: argparse.Namespace) -> dict:
+def pytorch_process(data: Path, seed: int, args: argparse.Namespace, same_init: bool) -> dict:
+    """The PyTorch baseline as a fresh process of its own, as spiralctl train runs: its whole
+    time (Python, torch's import, the data, the loop, the test split) and its loop's."""
+    settings = {"--seed": seed, "--hidden": args.hidden, "--batch-size": args.batch_size, "--lr": args.lr}
+    command = [sys.executable, __file__, "--torch", str(data), "--epochs", str(args.epochs)]
+    command += [str(part) for pair in settings.items() for part in pair]
+    if same_init:
+        command.append("--same-init")
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return {**json.loads(result.stdout), "process_seconds": time.perf_counter() - started}
+
+
+def pytorch(data: Path, seed: int, args: argparse.Namespace, same_init: bool = False) -> dict:
     import torch
 
     train, test = load_dataset(data / "train.safetensors"), load_dataset(data / "test.safetensors")
@@ -92,6 +111,14 @@ def pytorch(data: Path, seed: int, args: argparse.Namespace) -> dict:
     torch.manual_seed(seed)
     lstm = torch.nn.LSTM(d, args.hidden, batch_first=True)
     head = torch.nn.Linear(args.hidden, 1 if k == 2 else k)
+    if same_init:  # spiralctl's initial weights for this seed: the runs differ only in arithmetic
+        from spiralctl.model import ModelConfig, init_parameters
+
+        weights = init_parameters(ModelConfig(d, args.hidden, k), seed)
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                module, _, parameter = name.partition(".")
+                getattr({"lstm": lstm, "head": head}[module], parameter).copy_(torch.from_numpy(tensor))
     optimizer = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=args.lr)
     y = torch.from_numpy(train.y.astype(np.int64))
     lengths = torch.from_numpy(train.lengths)
@@ -126,7 +153,7 @@ def pytorch(data: Path, seed: int, args: argparse.Namespace) -> dict:
         z = logits(x_test, torch.from_numpy(test.lengths))
         predicted = (z.reshape(-1) > 0).long() if k == 2 else z.argmax(dim=1)
     accuracy = float((predicted.numpy() == test.y).mean())
-    return {"accuracy": accuracy, "train_seconds": train_seconds}
+    return {"accuracy": accuracy, "loop_seconds": train_seconds}
 
 
 def dtw(data: Path) -> dict:
@@ -155,25 +182,35 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--torch", type=Path, help=argparse.SUPPRESS)  # one baseline run, in its own process
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--same-init", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.torch is not None:
+        print(json.dumps(pytorch(args.torch, args.seed, args, args.same_init)))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     import torch
 
     threads = torch.get_num_threads()
     rows = []
+    tools = {"spiralctl": None, "pytorch": False, "pytorch_same_init": True}
     with tempfile.TemporaryDirectory() as work:
         env_threads = os.environ.get("SPIRALCTL_THREADS", "all cores")
         print(f"torch threads {threads}; spiralctl threads: {env_threads}", file=sys.stderr)
         for name in args.sets.split(","):
-            runs = {"spiralctl": [], "pytorch": []}
+            runs = {tool: [] for tool in tools}
             for seed in seeds:
                 ours = spiralctl(name, seed, args, Path(work))
                 runs["spiralctl"].append(ours)
-                runs["pytorch"].append(pytorch(ours["data"], seed, args))
-                theirs = runs["pytorch"][-1]
+                for tool in ("pytorch", "pytorch_same_init"):
+                    runs[tool].append(pytorch_process(ours["data"], seed, args, tools[tool]))
+                theirs, same = runs["pytorch"][-1], runs["pytorch_same_init"][-1]
                 print(
-                    f"{name} seed {seed}: spiralctl {ours['accuracy']:.3f} in {ours['train_seconds']:.1f} s, "
-                    f"PyTorch {theirs['accuracy']:.3f} in {theirs['train_seconds']:.1f} s",
+                    f"{name} seed {seed}: spiralctl {ours['accuracy']:.3f} in {ours['train_seconds']:.1f} s "
+                    f"(loop {ours['loop_seconds']:.2f}), PyTorch {theirs['accuracy']:.3f} in "
+                    f"{theirs['process_seconds']:.1f} s (loop {theirs['loop_seconds']:.2f}), PyTorch from "
+                    f"spiralctl's initial weights {same['accuracy']:.3f}",
                     file=sys.stderr,
                 )
             reference = dtw(ours["data"])
@@ -182,18 +219,30 @@ def main() -> None:
                 row[tool] = {
                     "accuracy": float(np.mean([r["accuracy"] for r in results])),
                     "accuracies": [r["accuracy"] for r in results],
-                    "train_seconds": float(np.mean([r["train_seconds"] for r in results])),
+                    "process_seconds": float(
+                        np.mean([r.get("train_seconds", r.get("process_seconds")) for r in results])
+                    ),
+                    "loop_seconds": float(np.mean([r["loop_seconds"] for r in results])),
                 }
             rows.append(row)
-    print(f"| set | spiralctl acc (seeds {args.seeds}) | PyTorch acc | 1-NN DTW acc | spiralctl train s "
-          "(whole process) | PyTorch train s (loop only) |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+
+    def accuracy(cell: dict) -> str:
+        return f"{cell['accuracy']:.3f} ({', '.join(f'{a:.3f}' for a in cell['accuracies'])})"
+
+    columns = [
+        f"spiralctl acc (seeds {args.seeds})",
+        "PyTorch acc",
+        "PyTorch acc, spiralctl's initial weights",
+    ]
+    columns += ["1-NN DTW acc", "spiralctl s: train process (its epochs' loop)", "PyTorch s: process (loop)"]
+    print("| set | " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         ours, theirs = row["spiralctl"], row["pytorch"]
         print(
-            f"| {row['set']} | {ours['accuracy']:.3f} ({', '.join(f'{a:.3f}' for a in ours['accuracies'])}) "
-            f"| {theirs['accuracy']:.3f} ({', '.join(f'{a:.3f}' for a in theirs['accuracies'])}) "
-            f"| {row['dtw']['accuracy']:.3f} | {ours['train_seconds']:.1f} | {theirs['train_seconds']:.1f} |"
+            f"| {row['set']} | {accuracy(ours)} | {accuracy(theirs)} | {accuracy(row['pytorch_same_init'])} "
+            f"| {row['dtw']['accuracy']:.3f} | {ours['process_seconds']:.1f} ({ours['loop_seconds']:.2f}) "
+            f"| {theirs['process_seconds']:.1f} ({theirs['loop_seconds']:.2f}) |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1, default=str))
