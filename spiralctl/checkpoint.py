@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from spiralctl import __version__
-from spiralctl.data import LABELS, Normalization, _json_list
+from spiralctl.data import LABELS, Normalization, classes_of, json_list
 from spiralctl.devices import tinygrad_version
 from spiralctl.errors import SpiralError
 from spiralctl.model import PARAMETER_NAMES, ModelConfig
@@ -38,12 +38,27 @@ class Checkpoint:
     normalization: Normalization | None = None
 
 
+def model_fields(model: ModelConfig) -> dict:
+    """The model config as the checkpoint stores it: without `classes` for two, so that the
+    releases before K classes (which know no such field) still read a two-class checkpoint."""
+    fields = asdict(model)
+    if model.classes == 2:
+        del fields["classes"]
+    return fields
+
+
+def normalization_fields(normalization: Normalization) -> dict:
+    """Normalisation statistics as JSON: {"mean": [D numbers], "std": [D numbers]}."""
+    mean, std = normalization
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     tensors = {name: checkpoint.weights[name].astype(np.float32) for name in PARAMETER_NAMES}
     tensors.update({f"optimizer.{k}": v for k, v in checkpoint.optimizer.items()})
     metadata = {
         "format": CHECKPOINT_FORMAT,
-        "model": json.dumps(asdict(checkpoint.model), sort_keys=True),
+        "model": json.dumps(model_fields(checkpoint.model), sort_keys=True),
         "train": json.dumps(checkpoint.train_config, sort_keys=True),
         "epoch": str(checkpoint.epoch),
         "metrics": json.dumps(checkpoint.metrics, sort_keys=True),
@@ -55,8 +70,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     if checkpoint.features is not None:
         metadata["features"] = json.dumps(list(checkpoint.features))
     if checkpoint.normalization is not None:
-        mean, std = checkpoint.normalization
-        metadata["normalization"] = json.dumps({"mean": mean.tolist(), "std": std.tolist()})
+        metadata["normalization"] = json.dumps(normalization_fields(checkpoint.normalization))
     write_safetensors(path, tensors, metadata)
 
 
@@ -109,15 +123,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise TypeError
     except TypeError:
         raise SpiralError(f"{path}: checkpoint model config {model_fields} is not valid") from None
-    classes = _json_list(metadata.get("labels")) if "labels" in metadata else list(LABELS)
-    if classes is None or len(classes) != model.classes or len(set(classes)) != len(classes):
+    classes = classes_of(metadata)
+    if classes is None or len(classes) != model.classes:
         raise SpiralError(
             f"{path}: checkpoint metadata 'labels' must name the model's {model.classes} classes; "
-            "the file is damaged"
+            "the file is damaged: use another checkpoint of the run"
         )
-    features = _json_list(metadata.get("features")) if "features" in metadata else None
+    features = json_list(metadata.get("features")) if "features" in metadata else None
     if "features" in metadata and (features is None or len(features) != model.input_size):
-        raise SpiralError(f"{path}: checkpoint metadata 'features' must name {model.input_size} features")
+        raise SpiralError(
+            f"{path}: checkpoint metadata 'features' must name {model.input_size} features; the file is "
+            "damaged: use another checkpoint of the run"
+        )
     try:
         epoch = int(metadata.get("epoch", "0"))
     except ValueError:

@@ -4,9 +4,11 @@ The graph: raw sequences [batch, time, D] -> (the checkpoint's normalisation: Su
 split's per-feature mean, Div by its std) -> Transpose to [time, batch, D] -> LSTM (hidden H) ->
 last hidden state [batch, H] -> Gemm with the head -> logits [batch, K] -> Softmax ->
 probabilities [batch, K] (every class's, in label order). A two-class model's single logit
-becomes the two columns [-z/2, z/2], whose softmax is [1 - sigmoid(z), sigmoid(z)]. Batch and
-time are free dimensions. The `onnx` package is an optional extra
-(`pip install "spiralctl[onnx]"`); it is needed to write the file, not to use spiralctl.
+becomes the two columns [-z/2, z/2], whose softmax is [1 - sigmoid(z), sigmoid(z)], and such a
+model also has the outputs of the releases before K classes: `logit` [batch] (z itself) and
+`probability` [batch] (sigmoid(z), the second class's). Batch and time are free dimensions. The
+`onnx` package is an optional extra (`pip install "spiralctl[onnx]"`); it is needed to write the
+file, not to use spiralctl.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ INSTALL = 'pip install "spiralctl[onnx]"'
 OPSET = 17
 INPUT_NAME = "sequences"
 OUTPUT_NAMES = ("probabilities", "logits")
+TWO_CLASS_OUTPUTS = ("probability", "logit")  # [batch]: the second class's probability, and z
 # PyTorch stacks the gates as input, forget, cell, output; ONNX as input, output, forget, cell
 _TORCH_TO_ONNX_GATES = (0, 3, 1, 2)
 
@@ -89,11 +92,21 @@ def export_onnx(checkpoint: Checkpoint, source: str, out: Path) -> dict:
         helper.make_node("Gemm", ["h_last", "head_weight", "head_bias"], ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
+    outputs = {name: ["batch", k] for name in OUTPUT_NAMES}
+    if checkpoint.model.head_rows == 1:
+        initializers.update(logit_weight=w["head.weight"], logit_bias=w["head.bias"])
+        initializers["flat"] = np.array([-1], dtype=np.int64)
+        nodes += [
+            helper.make_node("Gemm", ["h_last", "logit_weight", "logit_bias"], ["logit_2d"], transB=1),
+            helper.make_node("Reshape", ["logit_2d", "flat"], ["logit"]),
+            helper.make_node("Sigmoid", ["logit"], ["probability"]),
+        ]
+        outputs.update({name: ["batch"] for name in TWO_CLASS_OUTPUTS})
     graph = helper.make_graph(
         nodes,
         "spiralctl_lstm",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "time", d])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", k]) for name in OUTPUT_NAMES],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs.items()],
         [numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in initializers.items()],
     )
     model = helper.make_model(
@@ -127,5 +140,5 @@ def export_onnx(checkpoint: Checkpoint, source: str, out: Path) -> dict:
         "classes": checkpoint.classes,
         "normalized": checkpoint.normalization is not None,
         "inputs": {INPUT_NAME: ["batch", "time", d]},
-        "outputs": {name: ["batch", k] for name in OUTPUT_NAMES},
+        "outputs": outputs,
     }

@@ -50,6 +50,7 @@ class SequenceBlock:
     x: np.ndarray
     lengths: np.ndarray
     labels: list[str] | None = None
+    features: list[str] | None = None  # the D columns' names, where the input names them
 
     def sequences(self) -> list[np.ndarray]:
         return [x[:length] for x, length in zip(self.x, self.lengths)]
@@ -147,21 +148,23 @@ def read_archive(name: str) -> tuple[LabelledSequences, LabelledSequences]:
     )
 
 
-def _block(sequences: list[Sequence]) -> SequenceBlock:
+def _block(sequences: list[Sequence], features: list[str] | None) -> SequenceBlock:
     x, lengths = padded_sequences([sequence.points for sequence in sequences])
     labels = [sequence.label for sequence in sequences] if sequences[0].label is not None else None
-    return SequenceBlock([sequence.name for sequence in sequences], x, lengths, labels)
+    return SequenceBlock([sequence.name for sequence in sequences], x, lengths, labels, features)
 
 
-def _grouped(sequences: Iterable[Sequence], block: int) -> Iterator[SequenceBlock]:
+def _grouped(
+    sequences: Iterable[Sequence], block: int, features: list[str] | None = None
+) -> Iterator[SequenceBlock]:
     batch: list[Sequence] = []
     for sequence in sequences:
         batch.append(sequence)
         if len(batch) == block:
-            yield _block(batch)
+            yield _block(batch, features)
             batch = []
     if batch:
-        yield _block(batch)
+        yield _block(batch, features)
 
 
 def _whole(found: Sequences) -> Iterator[Sequence]:
@@ -183,7 +186,8 @@ def _stdin_blocks(block: int) -> Iterator[SequenceBlock]:
     if "".join(start).lstrip().startswith(("[", "{")):
         yield from _grouped(_whole(read_json("".join(start) + sys.stdin.read(), "stdin", False)), block)
         return
-    yield from _grouped(read_csv(itertools.chain(start, sys.stdin), "stdin").sequences, block)
+    found = read_csv(itertools.chain(start, sys.stdin), "stdin")
+    yield from _grouped(found.sequences, block, found.features)
 
 
 # sequences read and classified at a time: the memory predict needs is bounded by this, not by the input
@@ -207,7 +211,7 @@ def read_blocks(source: str, block: int | None = None) -> Iterator[SequenceBlock
             rows = slice(first, first + block)
             names = [str(i) for i in range(first, min(first + block, len(data)))]
             labels = [classes[i] for i in data.y[rows].tolist()]
-            yield SequenceBlock(names, data.x[rows], data.lengths[rows], labels)
+            yield SequenceBlock(names, data.x[rows], data.lengths[rows], labels, data.features)
         return
     if suffix == ".npy":
         for first, rows in npy_blocks(path, block, single=True):
@@ -223,9 +227,10 @@ def read_blocks(source: str, block: int | None = None) -> Iterator[SequenceBlock
         return
     text = _text_sequences(path)
     if text is not None:
-        yield from _grouped(text[2], block)
+        yield from _grouped(text[2], block, text[0])
         return
-    yield from _grouped(_whole(_read(path, labelled=False)), block)
+    found = _read(path, labelled=False)
+    yield from _grouped(_whole(found), block, found.features)
 
 
 def read_sequences(source: str) -> tuple[list[str], list[np.ndarray], list[str] | None]:

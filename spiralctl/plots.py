@@ -150,6 +150,8 @@ def sequence_plot(
         axes = figure.add_subplot(rows, columns, i + 1)
         truth = labels[i] if labels is not None else None
         if predictions is not None:
+            # the label as the model names its classes (the file may write "0" for "clockwise")
+            truth = predictions[i].get("true_label", truth)
             label = predictions[i]["label"]
             wrong = truth is not None and label != truth
             caption = f"{name}: p={predictions[i]['probability']:.2f}"

@@ -207,13 +207,16 @@ def classification_report(
         recall = tp / actual_n if actual_n else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual_n}
-    present = [row for row in per_class.values() if row["support"]]
+    # as scikit-learn defines them: balanced accuracy over the classes the data holds, macro F1
+    # over the classes the data holds or the model predicted
+    actual = [row for row in per_class.values() if row["support"]]
+    seen = [row for i, row in enumerate(per_class.values()) if confusion[:, i].sum() or confusion[i].sum()]
     report = {
         "n": int(len(truth)),
         "loss": float(losses(logits, labels).mean()),
         "accuracy": float((predicted == truth).mean()),
-        "balanced_accuracy": float(np.mean([row["recall"] for row in present])) if present else 0.0,
-        "macro_f1": float(np.mean([row["f1"] for row in present])) if present else 0.0,
+        "balanced_accuracy": float(np.mean([row["recall"] for row in actual])) if actual else 0.0,
+        "macro_f1": float(np.mean([row["f1"] for row in seen])) if seen else 0.0,
         "classes": classes,
         "confusion": confusion.tolist(),
         "per_class": per_class,

@@ -122,7 +122,11 @@ def npy_blocks(path: Path, block: int, single: bool) -> Iterator[tuple[int, np.n
 
 
 def label_texts(array: np.ndarray, count: int, where: str, what: str, option: str | None = None) -> list[str]:
-    """One label per sequence as text: integers as their digits, strings as written (stripped)."""
+    """One label per sequence as text: integers (and floats that are whole numbers) as their
+    digits, strings as written (stripped)."""
+    if array.dtype.kind == "f" and array.shape == (count,) and np.isfinite(array).all():
+        if (array == np.round(array)).all():
+            array = array.astype(np.int64)
     if array.shape != (count,) or array.dtype.kind not in "iuU":
         raise SpiralError(
             f"{where}: {what} must be one per sequence, [{count}] integers or class names; found "

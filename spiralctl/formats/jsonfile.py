@@ -62,10 +62,13 @@ def _name(value: object, where: str, index: int) -> str:
 
 
 def _label(value: object, where: str) -> str:
-    """A label as text: as written, or a whole number's digits."""
+    """A label as text: as written, or a whole number's digits (1 and 1.0 alike)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
         raise SpiralError(
-            f"{where}: the label must be text or a whole number, found {json.dumps(value)[:40]}"
+            f"{where}: the label must be text or a whole number, found {json.dumps(value)[:40]}; "
+            "give each sequence its class"
         )
     return str(value).strip()
 
