@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint
+from spiralctl.checkpoint import CHECKPOINT_FORMAT, Checkpoint, load_checkpoint, normalization_fields
 from spiralctl.config import InferenceOptions, TrainConfig, run_options
 from spiralctl.data import (
     DATASET_FORMATS,
@@ -68,6 +69,7 @@ from spiralctl.trainer import (
     class_weights,
     fit,
     no_progress,
+    resumed_schedule,
 )
 
 # numpy computes each float type's limits once, when first asked. Asked on a thread that flushes
@@ -95,11 +97,31 @@ def _labelled_dataset(read, classes: list[str]) -> Dataset:
     from spiralctl.data import label_indices, padded_sequences
 
     x, lengths = padded_sequences(read.sequences)
-    return Dataset(x, label_indices(read.labels, classes, read.source), {}, lengths)
+    y = label_indices(read.labels, classes, read.source, read.names, read.lines)
+    return Dataset(x, y, {}, lengths)
+
+
+def feature_order(given: list[str] | None, expected: list[str] | None, source: str) -> list[int] | None:
+    """Where both name their features: the input's columns in the expected order (a long CSV's
+    columns may come in any order), or an error naming both lists when the names differ. None
+    where either has no names: the columns are taken in their order."""
+    if given is None or expected is None:
+        return None
+    if sorted(given) != sorted(expected) or len(set(given)) != len(given):
+        raise SpiralError(
+            f"{source} has the features {', '.join(given)} but the data trained on has "
+            f"{', '.join(expected)}; give columns named as those (in any order)"
+        )
+    return [given.index(name) for name in expected]
 
 
 def _check_like(read, train, option: str) -> None:
-    """A --test or --val file must have TRAIN's features, and no class that TRAIN lacks."""
+    """A --test or --val file must have TRAIN's features (named ones are put in TRAIN's order),
+    and no class that TRAIN lacks."""
+    order = feature_order(read.features, train.features, read.source)
+    if order is not None:
+        read.sequences = [points[:, order] for points in read.sequences]
+        read.features = list(train.features)
     depth, train_depth = read.sequences[0].shape[1], train.sequences[0].shape[1]
     if depth != train_depth:
         raise SpiralError(
@@ -147,7 +169,14 @@ def import_dataset(
         train_read = read_labelled(source, labels)
         test_read = read_labelled(test) if test is not None else None
     val_read = read_labelled(val) if val is not None else None
-    classes = class_names(train_read.labels, train_read.classes)
+    inputs = int(train_read.sequences[0].shape[1])
+    classes = class_names(
+        train_read.labels,
+        train_read.classes,
+        inputs=inputs,
+        features=train_read.features,
+        where=train_read.source,
+    )
     given = {}
     for split, read, option in (("test", test_read, "test"), ("val", val_read, "val")):
         if read is not None:
@@ -155,7 +184,7 @@ def import_dataset(
             given[split] = _labelled_dataset(read, classes)
     datasets = imported_datasets(
         train_read.sequences,
-        label_indices(train_read.labels, classes, train_read.source),
+        label_indices(train_read.labels, classes, train_read.source, train_read.names, train_read.lines),
         source,
         0.0 if val is not None else val_fraction,
         0.0 if test_read is not None else test_fraction,
@@ -238,8 +267,6 @@ def _resumed_config(config: TrainConfig, resume: Checkpoint, given: frozenset[st
         }
     except (KeyError, TypeError, ValueError):
         raise SpiralError("the checkpoint's training config is incomplete", option="resume") from None
-    if fixed["lr_schedule"] == "cosine" and "epochs" in saved:
-        fixed["epochs"] = int(saved["epochs"])  # the schedule runs over the run's own epochs
     changed = [name for name in fixed if name in given and getattr(config, name) != fixed[name]]
     if changed:
         said = ", ".join(
@@ -250,6 +277,10 @@ def _resumed_config(config: TrainConfig, resume: Checkpoint, given: frozenset[st
             "leave them out to continue, or start a new run",
             option="resume",
         )
+    if fixed["lr_schedule"] == "cosine" and "epochs" in saved and "epochs" not in given:
+        # without --epochs a cosine run goes on to its own end; another --epochs moves the end
+        # and starts a new segment of the schedule (trainer.resumed_schedule)
+        fixed["epochs"] = int(saved["epochs"])
     return replace(config, **fixed)
 
 
@@ -477,6 +508,8 @@ def train(
     if config.class_weight != "none":
         class_weights(config, train_set)  # a class without training sequences: an error before anything else
     config, notes = _fit_batch(config, train_set, tinygrad_device)
+    if resume is not None:  # the schedule's segments, for config.json (fit makes the same)
+        config = resumed_schedule(config, resume, math.ceil(len(train_set) / config.batch_size))
     if is_cpu(tinygrad_device):
         threads = thread_count()  # a bad SPIRALCTL_THREADS is an error before anything is written
         if threads > (cores := available_cores()):
@@ -587,6 +620,14 @@ def _check_threshold(loaded: LoadedModel, options: InferenceOptions, given: bool
         )
 
 
+def _in_model_order(loaded: LoadedModel, block, source: str):
+    """`block` (inputs.SequenceBlock) with its named columns in the order of the model's features."""
+    order = feature_order(block.features, loaded.checkpoint.features, source)
+    if order is not None and order != list(range(len(order))):
+        block.x = np.ascontiguousarray(block.x[:, :, order])
+    return block
+
+
 def _check_inputs(loaded: LoadedModel, inputs: int, source: str) -> None:
     expected = loaded.checkpoint.model.input_size
     if inputs != expected:
@@ -597,15 +638,10 @@ def _check_inputs(loaded: LoadedModel, inputs: int, source: str) -> None:
         )
 
 
-def _true_labels(labels: list[str], loaded: LoadedModel, source: str) -> np.ndarray:
-    from spiralctl.data import label_indices
-
-    return label_indices(labels, loaded.classes, source)
-
-
 def _evaluation_data(source: str, loaded: LoadedModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x, lengths and true labels (indices into the model's classes) of a labelled file of any
     format predict reads."""
+    from spiralctl.data import label_indices, padded_sequences
     from spiralctl.inputs import read_blocks
 
     blocks = list(read_blocks(source))
@@ -615,15 +651,11 @@ def _evaluation_data(source: str, loaded: LoadedModel) -> tuple[np.ndarray, np.n
             "(a label column, .ts, the archive's text formats, or .npz with y), or use predict"
         )
     _check_inputs(loaded, blocks[0].x.shape[2], source)
-    longest = max(block.x.shape[1] for block in blocks)
-    x = np.zeros((sum(len(b.names) for b in blocks), longest, blocks[0].x.shape[2]), dtype=np.float32)
-    row = 0
-    for block in blocks:
-        x[row : row + len(block.names), : block.x.shape[1]] = block.x
-        row += len(block.names)
-    lengths = np.concatenate([block.lengths for block in blocks])
+    blocks = [_in_model_order(loaded, block, source) for block in blocks]
+    x, lengths = padded_sequences([points for block in blocks for points in block.sequences()])
+    names = [name for block in blocks for name in block.names]
     labels = [label for block in blocks for label in block.labels]
-    return x, lengths, _true_labels(labels, loaded, source)
+    return x, lengths, label_indices(labels, loaded.classes, source, names)
 
 
 def evaluate(
@@ -651,8 +683,9 @@ def evaluate(
     if Path(data_path).suffix.lower() == ".safetensors":
         data = load_dataset(data_path)
         _check_inputs(loaded, data.x.shape[2], str(data_path))
-        x, lengths = data.x, data.lengths
-        y = _true_labels([data.classes[i] for i in data.y], loaded, str(data_path))
+        order = feature_order(data.features, loaded.checkpoint.features, str(data_path))
+        x, lengths = (data.x if order is None else data.x[:, :, order]), data.lengths
+        y = _dataset_labels(data, loaded, str(data_path))
         if loaded.checkpoint.data_fingerprint and data.fingerprint() == loaded.checkpoint.data_fingerprint:
             warnings.append(
                 f"{data_path} is the training split this model was trained on, so this accuracy says "
@@ -664,6 +697,14 @@ def evaluate(
         logits = predictor.logits(x, lengths)
     report = classification_report(logits, y, options.threshold, loaded.classes)
     report["by_length"] = accuracy_by_length(logits, y, lengths, options.threshold)
+    predicted = np.asarray(report["confusion"]).sum(axis=0)
+    if len(y) > 1 and np.count_nonzero(predicted) == 1 and len(np.unique(y)) > 1:
+        only = report["classes"][int(np.argmax(predicted))]
+        warnings.append(
+            f"the model predicts {only!r} for every sequence of {data_path}: it tells the classes apart "
+            "no better than a constant guess; try more epochs, another --lr or --hidden (a plain LSTM on "
+            "its last hidden state often fails on long series like this)"
+        )
     if confusion_png is not None:
         from spiralctl.plots import confusion_plot
 
@@ -734,11 +775,28 @@ class PredictionBlock:
             yield row
 
 
-def _true_names(labels: list[str] | None, loaded: LoadedModel, source: str) -> list[str] | None:
-    """The input's labels as the model's class names (a label that names no class is an error)."""
+def _dataset_labels(data: Dataset, loaded: LoadedModel, source: str) -> np.ndarray:
+    """A dataset's labels as indices into the model's classes: as they are where the class
+    names are the model's (the usual case, no lookup per sequence), else by name."""
+    from spiralctl.data import label_indices
+
+    if data.classes == loaded.classes:
+        return data.y.astype(np.int64)
+    return label_indices([data.classes[i] for i in data.y], loaded.classes, source)
+
+
+def _true_names(labels: list[str] | None, loaded: LoadedModel) -> list[str] | None:
+    """The input's labels as the model's class names where they name one (another case, or 0/1
+    for the spirals), else as the input writes them: predict shows them, it does not need them."""
     if labels is None:
         return None
-    return [loaded.classes[i] for i in _true_labels(labels, loaded, source)]
+    from spiralctl.data import class_index
+
+    names: dict[str, str] = {}
+    for label in set(labels):
+        index = class_index(label, loaded.classes)
+        names[label] = label if index is None else loaded.classes[index]
+    return [names[label] for label in labels]
 
 
 def predict_blocks(
@@ -759,6 +817,7 @@ def predict_blocks(
     with _predictor(loaded, options) as predictor:
         for block in itertools.chain([first], blocks):
             _check_inputs(loaded, block.x.shape[2], "stdin" if source == "-" else source)
+            block = _in_model_order(loaded, block, "stdin" if source == "-" else source)
             logits = predictor.logits(block.x, block.lengths)
             yield PredictionBlock(
                 block.names,
@@ -766,7 +825,7 @@ def predict_blocks(
                 probabilities(logits),
                 predicted_labels(logits, options.threshold),
                 loaded.classes,
-                _true_names(block.labels, loaded, source),
+                _true_names(block.labels, loaded),
             )
 
 
@@ -794,7 +853,7 @@ def classify(
         probabilities(logits),
         predicted_labels(logits, options.threshold),
         loaded.classes,
-        _true_names(labels, loaded, "the input"),
+        _true_names(labels, loaded),
     )
     return list(block.rows())
 
@@ -901,9 +960,7 @@ def info(path: Path) -> dict:
             inputs=checkpoint.model.input_size,
             features=checkpoint.features,
             classes=checkpoint.classes,
-            normalization=None
-            if normalization is None
-            else {"mean": normalization[0].tolist(), "std": normalization[1].tolist()},
+            normalization=None if normalization is None else normalization_fields(normalization),
             parameters=int(sum(w.size for w in checkpoint.weights.values())),
             resumable=bool(checkpoint.optimizer),
         )

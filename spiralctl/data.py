@@ -14,6 +14,7 @@ import numpy as np
 
 from spiralctl import __version__
 from spiralctl.errors import SpiralError
+from spiralctl.storage import _fsync_folder as fsync_folder
 from spiralctl.storage import atomic_output, read_spiralctl_file, write_safetensors_to
 
 DATASET_FORMAT = "spiralctl-dataset/2"  # x zero-padded past each sequence's length, and the lengths
@@ -167,13 +168,12 @@ class Dataset:
     @property
     def classes(self) -> list[str]:
         """The K class names, in label order (the spirals' two for files that name none)."""
-        names = _json_list(self.metadata.get("labels"))
-        return names if names is not None else list(LABELS)
+        return classes_of(self.metadata) or list(LABELS)
 
     @property
     def features(self) -> list[str] | None:
         """The D feature names, where the data named them."""
-        return _json_list(self.metadata.get("features"))
+        return json_list(self.metadata.get("features"))
 
     @property
     def mixed(self) -> bool:
@@ -188,7 +188,7 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
-def _json_list(text: str | None) -> list[str] | None:
+def json_list(text: str | None) -> list[str] | None:
     """A metadata value holding a JSON list of strings, or None where absent or not that."""
     try:
         value = json.loads(text) if text else None
@@ -197,6 +197,17 @@ def _json_list(text: str | None) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
     return None
+
+
+def classes_of(metadata: dict[str, str]) -> list[str] | None:
+    """The class names a file's metadata gives under "labels" (the spirals' two where it has no
+    such key), or None where they are not two or more distinct names."""
+    if "labels" not in metadata:
+        return list(LABELS)
+    names = json_list(metadata["labels"])
+    if names is None or len(names) < 2 or len(set(names)) != len(names):
+        return None
+    return names
 
 
 def spiral_points(angle: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -300,41 +311,76 @@ def _natural_key(name: str) -> tuple:
         return (1, 0.0, name)
 
 
-def class_names(labels: list[str], declared: list[str] | None = None) -> list[str]:
+def _spiral_points(inputs: int, features: list[str] | None) -> bool:
+    """Points as the spirals' files had them: x and y (all that spiralctl read before K classes)."""
+    return inputs == 2 and features in (None, ["x", "y"])
+
+
+def class_names(
+    labels: list[str],
+    declared: list[str] | None = None,
+    *,
+    inputs: int = 0,
+    features: list[str] | None = None,
+    where: str = "",
+) -> list[str]:
     """The classes of a labelled file in label order: those the file declares, in its order;
-    else the spirals' own two where every label names one of them (clockwise, anticlockwise, 0,
-    1, any case: today's CSV and JSON files); else the distinct labels in natural order."""
+    else the spirals' own two where every label names one of them (clockwise, anticlockwise, any
+    case), or where 2-D x, y points are labelled 0 and 1 (spiralctl's files before K classes);
+    else the distinct labels in natural order. Labels that are numbers, not all whole, are
+    measurements (a regression target), not classes: an error."""
     if declared is not None:
         return list(declared)
     distinct = sorted(set(labels), key=_natural_key)
     lowered = {name.strip().lower() for name in distinct}
-    if lowered <= {*LABELS, "0", "1"} and lowered & set(LABELS):
+    if lowered <= {*LABELS, "0", "1"} and (lowered & set(LABELS) or _spiral_points(inputs, features)):
         return list(LABELS)
+    numbers = [_natural_key(name)[1] for name in distinct if _natural_key(name)[0] == 0]
+    if len(numbers) == len(distinct) and any(not float(v).is_integer() for v in numbers):
+        fractional = [name for name in distinct if not float(name).is_integer()][:3]
+        raise SpiralError(
+            f"{where}: the labels are numbers with fractions ({', '.join(fractional)}, ...: "
+            f"{len(distinct)} distinct values), which look like measurements to predict, not classes; "
+            "spiralctl classifies: give each sequence a class name or a whole-number class"
+        )
     return distinct
 
 
-def label_indices(labels: list[str], classes: list[str], where: str) -> np.ndarray:
-    """Each label's index in `classes`: its exact name, else its name in another case, else (for
-    the spirals' classes) 0 or 1. A label that names no class is an error naming it."""
-    exact = {name: i for i, name in enumerate(classes)}
-    folded: dict[str, int] = {}
-    for i, name in enumerate(classes):
-        folded.setdefault(name.strip().lower(), i)
-    spirals = list(classes) == list(LABELS)
-    out = np.empty(len(labels), dtype=label_dtype(len(classes)))
-    for row, label in enumerate(labels):
-        index = exact.get(label)
-        if index is None:
-            key = label.strip().lower()
-            index = folded.get(key, int(key) if spirals and key in ("0", "1") else None)
-        if index is None:
-            shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
-            raise SpiralError(
-                f"{where}: label {label!r} of sequence {row} is not one of the classes ({shown}); "
-                "give every sequence one of these labels"
-            )
-        out[row] = index
-    return out
+def class_index(label: str, classes: list[str]) -> int | None:
+    """A label's index in `classes`: its exact name, else its name in another case, else (for
+    the spirals' classes) 0 or 1; None where it names no class."""
+    if label in classes:
+        return classes.index(label)
+    key = label.strip().lower()
+    folded = [name.strip().lower() for name in classes]
+    if key in folded:
+        return folded.index(key)
+    if list(classes) == list(LABELS) and key in ("0", "1"):
+        return int(key)
+    return None
+
+
+def label_indices(
+    labels: list[str],
+    classes: list[str],
+    where: str,
+    names: list[str] | None = None,
+    lines: list[int] | None = None,
+) -> np.ndarray:
+    """Each label's index in `classes` (class_index; each distinct label looked up once). A label
+    that names no class is an error naming it, and its sequence by name (and line)."""
+    distinct, inverse = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    found = [class_index(str(label), classes) for label in distinct]
+    if None in found:
+        row = int(np.flatnonzero(inverse == found.index(None))[0])
+        sequence = f"sequence {names[row] if names else row}"
+        line = f"line {lines[row]}: " if lines and lines[row] is not None else ""
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        raise SpiralError(
+            f"{where}: {line}label {labels[row]!r} of {sequence} is not one of the classes ({shown}); "
+            "give every sequence one of these labels"
+        )
+    return np.asarray(found, dtype=label_dtype(len(classes)))[inverse.reshape(-1)]
 
 
 def imported_datasets(
@@ -380,10 +426,13 @@ def imported_datasets(
     carved = {"train": True, "val": fractions[0] > 0, "test": fractions[1] > 0}
     empty = [split for split, index in splits.items() if carved[split] and len(index) == 0]
     if empty:
-        described = ", ".join(f"{int(n)} of class {name!r}" for name, n in zip(classes, counts))
+        few = [(name, int(n)) for name, n in zip(classes, counts) if 0 < n < 5][:5]
+        described = ", ".join(f"{n} of class {name!r}" for name, n in few) or f"{len(labels)} in all"
+        more = " (and others)" if sum(1 for n in counts if 0 < n < 5) > len(few) else ""
         raise SpiralError(
-            f"{source}: {described} are too few sequences for the fractions given: the "
-            f"{' and '.join(empty)} split would be empty; give more sequences or a smaller fraction"
+            f"{source}: {described}{more} are too few sequences for the fractions given: the "
+            f"{' and '.join(empty)} split would be empty; give more sequences, a smaller fraction, or "
+            "{val_fraction} 0 to train on all of them"
         )
     from spiralctl.devices import tinygrad_version
 
@@ -423,18 +472,30 @@ def dataset_metadata(config: DataConfig, split: str) -> dict[str, str]:
 def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = False) -> list[Path]:
     """Write each split to OUT_DIR/<split>.safetensors; refuse to overwrite unless `force`.
 
+    A dataset folder holds the splits of one command only: a split file already there that this
+    call does not write (test.safetensors of an older gen-data with --test-fraction, say) is
+    refused like the others, and removed with `force`, so that no command ever reads it as part
+    of the new dataset. No other file in the folder is touched.
+
     All or nothing: every split goes to a temporary file first and all are renamed at the end, so
     a failure (a full disk) leaves the files that were there as they were, and removes the
-    folders this call created (when nothing else is in them).
+    folders this call created (when nothing else is in them). The stale splits go only once the
+    new ones are in place.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpiralError(f"{out_dir} exists and is not a folder; choose another output folder")
     paths = {split: out_dir / f"{split}.safetensors" for split in datasets}
-    existing = [str(p) for p in paths.values() if p.exists()]
+    stale = [out_dir / f"{split}.safetensors" for split in SPLITS if split not in datasets]
+    stale = [path for path in stale if path.is_file() or path.is_symlink()]
+    existing = [str(p) for p in paths.values() if p.exists()] + [str(p) for p in stale]
     if existing and not force:
         exist = "already exists" if len(existing) == 1 else "already exist"
-        raise SpiralError(f"{', '.join(existing)} {exist}; pass {{force}} to overwrite")
+        message = f"{', '.join(existing)} {exist}; pass {{force}} to overwrite"
+        if stale:  # a split the new dataset lacks: --force removes it, or another command reads it
+            names = " and ".join(path.name for path in stale)
+            message += f" (and to remove {names}: the new dataset has no such split)"
+        raise SpiralError(message)
     created = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -454,6 +515,18 @@ def save_datasets(out_dir: Path, datasets: dict[str, Dataset], force: bool = Fal
             except OSError:
                 break
         raise
+    for path in stale:  # the new splits are in place: the old dataset's others go
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SpiralError(
+                f"wrote {', '.join(str(p) for p in paths.values())} but cannot remove {path}, a split of "
+                f"the dataset that was there before: {exc.strerror}; remove it yourself"
+            ) from exc
+    if stale:
+        fsync_folder(out_dir)
     return list(paths.values())
 
 
@@ -476,10 +549,11 @@ def load_dataset(path: Path) -> Dataset:
         raise SpiralError(f"{path}: y must be uint8[{x.shape[0]}] (or int32), found {y.dtype}{list(y.shape)}")
     if len(y) == 0:
         raise SpiralError(f"{path} holds no sequences")
-    classes = _json_list(metadata.get("labels")) if "labels" in metadata else list(LABELS)
-    if classes is None or len(classes) < 2 or len(set(classes)) != len(classes):
+    classes = classes_of(metadata)
+    if classes is None:
         raise SpiralError(
-            f"{path}: metadata 'labels' must be a JSON list of two or more distinct class names"
+            f"{path}: metadata 'labels' must be a JSON list of two or more distinct class names; the file "
+            "is damaged: write it again (gen-data, import)"
         )
     if int(y.min()) < 0 or int(y.max()) >= len(classes):
         raise SpiralError(
@@ -487,8 +561,11 @@ def load_dataset(path: Path) -> Dataset:
             f"found {int(y.max()) if int(y.max()) >= len(classes) else int(y.min())}"
         )
     features = metadata.get("features")
-    if features is not None and len(_json_list(features) or []) != x.shape[2]:
-        raise SpiralError(f"{path}: metadata 'features' must be a JSON list of {x.shape[2]} feature names")
+    if features is not None and len(json_list(features) or []) != x.shape[2]:
+        raise SpiralError(
+            f"{path}: metadata 'features' must be a JSON list of {x.shape[2]} feature names; the file is "
+            "damaged: write it again (import)"
+        )
     if not np.isfinite(x).all():
         raise SpiralError(f"{path}: x holds NaN or infinite values; regenerate the file")
     lengths = tensors.get("lengths")

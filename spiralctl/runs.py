@@ -59,12 +59,13 @@ def prepare_run_dir(run_dir: Path, exist_ok: bool) -> bool:
         raise SpiralError(f"{run_dir} is a file; choose a folder for the run", option="out")
     existed = run_dir.exists()
     if existed and any(run_dir.iterdir()):
-        if not exist_ok:
+        # a run held there is said first: --exist-ok would not help
+        held = checkpoints_in(run_dir) or [name for name in RUN_FILES[:-1] if (run_dir / name).exists()]
+        if not exist_ok and not held:
             raise SpiralError(
                 f"{run_dir} already exists; pass {{exist_ok}} to write into it, or choose another folder",
                 option="out",
             )
-        held = checkpoints_in(run_dir) or [name for name in RUN_FILES[:-1] if (run_dir / name).exists()]
         if held:
             raise SpiralError(
                 f"{run_dir} holds a run ({', '.join(held)}); a new run does not replace it: "

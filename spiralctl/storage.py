@@ -225,10 +225,12 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
     except OSError as exc:
         raise SpiralError(f"cannot read {path}: {exc.strerror}; check its permissions") from exc
 
-    other = path.suffix.lower() in (".csv", ".json", ".npy", ".txt", ".tsv")
+    other = path.suffix.lower() in (".csv", ".json", ".npy", ".npz", ".txt", ".tsv", ".ts")
     hint = (
-        f"; a {path.suffix} file holds sequences for predict, or for import into a dataset"
+        f"; a {path.suffix} file holds sequences for predict and eval, or for import into a dataset"
         if other
+        else "; an ONNX file is export's output, not spiralctl's input"
+        if path.suffix.lower() == ".onnx"
         else "; it may be damaged, or another kind of file"
     )
 

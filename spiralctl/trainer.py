@@ -14,14 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tinygrad import Tensor, TinyJit
 
 from spiralctl.checkpoint import Checkpoint, save_checkpoint
-from spiralctl.config import TrainConfig
+from spiralctl.config import LrSegment, TrainConfig, check_segments, config_record, parse_segments
 from spiralctl.data import Dataset, Normalization, epoch_order, feature_statistics, normalized, padded_batches
 from spiralctl.errors import EXIT_FAILURE, Interrupted, SpiralError
 from spiralctl.kernels.adam import BETAS, FusedAdam, adam_scalars
@@ -94,8 +94,9 @@ class Trainer:
     def step(
         self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, lengths: np.ndarray | None = None
     ) -> tuple[float, float]:
-        """One optimizer step on x: [B, T, D], y and mask: [B] (mask 0 for padding rows), lengths:
-        [B] (points of each sequence, zero-padded past its end in x; default: all T).
+        """One optimizer step on x: [B, T, D], y and mask: [B] (each sequence's weight in the loss:
+        0 for padding rows, 1 or its class's weight for real ones), lengths: [B] (points of each
+        sequence, zero-padded past its end in x; default: all T).
 
         Returns the batch's mean loss and how many of its sequences were classified right, both
         from the forward pass that the step's gradients come from.
@@ -296,7 +297,7 @@ def train_epoch(
         loss, right = trainer.step(data.x[rows], data.y[rows], mask[step], data.lengths[rows])
         if not math.isfinite(loss):
             raise Diverged(f"training loss became {loss} in epoch {epoch}")
-        sums += [loss * real[step].sum(), right]
+        sums += [loss * mask[step].sum(), right]  # the batch's weighted mean loss times its weight
         done = step + 1
         on_progress(
             "batch",
@@ -374,6 +375,32 @@ def check_resume(config: TrainConfig, resume: Checkpoint) -> None:
         )
 
 
+def resumed_schedule(config: TrainConfig, resume: Checkpoint, batches: int) -> TrainConfig:
+    """`config` with the learning-rate schedule of the run `resume` continues, `batches` steps an
+    epoch: the segments its checkpoint holds (none: one cosine over the epochs it was started
+    with), and a new one from the resumed step when `config.epochs` moves a cosine run's end
+    (TrainConfig.resumed)."""
+    if config.lr_schedule != "cosine":
+        return replace(config, lr_segments=())
+    saved = resume.train_config
+    try:
+        if "lr_segments" in saved:
+            segments = parse_segments(saved["lr_segments"], "the checkpoint's training config: ")
+            check_segments(segments, config.lr_schedule, "the checkpoint's training config: ")
+        else:
+            planned = int(saved.get("epochs", config.epochs))
+            segments = (LrSegment(0, planned * batches, config.lr),)
+    except SpiralError as exc:
+        raise SpiralError(exc.message, option="resume") from None
+    except (TypeError, ValueError):
+        raise SpiralError("the checkpoint's training config is incomplete", option="resume") from None
+    if "step" in resume.optimizer:
+        steps = int(np.asarray(resume.optimizer["step"]).reshape(-1)[0])
+    else:  # no optimizer state: load_optimizer_state refuses it
+        steps = resume.epoch * batches + int(resume.metrics.get("partial_steps", 0))
+    return config.resumed(segments, steps, config.epochs * batches)
+
+
 def fit(
     train: Dataset,
     val: Dataset,
@@ -412,15 +439,18 @@ def fit(
     weights = resume.weights if resume else init_parameters(model_config, config.seed)
     model = SpiralClassifier(model_config, weights, device)
     n, batches = len(train), math.ceil(len(train) / config.batch_size)
+    if resume is not None:
+        check_resume(config, resume)
+        config = resumed_schedule(config, resume, batches)
+    config.check_steps(config.epochs * batches)
     trainer = Trainer(model, config, total_steps=config.epochs * batches)
     state = ResumeState()
     if resume is not None:
-        check_resume(config, resume)
         trainer.load_optimizer_state(resume.optimizer)
         state = ResumeState.from_checkpoint(resume)
     # chunks of the training length: validation runs the forward kernel the training step compiled
     predictor = Predictor(model, config.batch_size, chunk=train.length, normalization=statistics)
-    record = {**asdict(config), "device": device, "data": data_source}
+    record = {**config_record(config), "device": device, "data": data_source}
     saver = _Saver(run_dir, model_config, trainer, record, raw_train, statistics)
     last_checkpoint = str(run_dir / "last.safetensors")
     on_progress(
@@ -434,7 +464,7 @@ def fit(
             "device": device,
             "threads": threads,
             "run_dir": str(run_dir),
-            "config": asdict(config),
+            "config": config_record(config),
             "data": data_source,
             "parameters": int(sum(w.size for w in weights.values())),
             "classes": train.classes,

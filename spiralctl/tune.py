@@ -28,7 +28,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from spiralctl.errors import EXIT_FAILURE, EXIT_INTERRUPTED, SpiralError
@@ -467,6 +467,10 @@ class WorkerSpec:
     device: str
     plots: bool
     index: int = 0
+    # the data every trial trains on (data_identity): part of what a study fixes
+    data: dict = field(default_factory=dict)
+    # the trials the study held when this command started: they move the sampler's seed
+    earlier_trials: int = 0
 
 
 def _open_study(spec: WorkerSpec, create: bool = True):
@@ -478,7 +482,7 @@ def _open_study(spec: WorkerSpec, create: bool = True):
         if config.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    seed = None if config.sampler_seed is None else config.sampler_seed + spec.index
+    seed = sampler_seed(config.sampler_seed, spec.index, spec.earlier_trials)
     sampler = optuna.samplers.TPESampler(seed=seed)
     try:
         if create:
@@ -503,6 +507,54 @@ def _open_study(spec: WorkerSpec, create: bool = True):
     return study, storage
 
 
+def sampler_seed(seed: int | None, worker: int, earlier_trials: int) -> int | None:
+    """The seed of worker `worker`'s sampler, for a command that found `earlier_trials` trials in
+    its study: --sampler-seed + worker for a new study (as always), and for a study that goes on
+    a seed drawn from all three, so that a rerun does not draw the proposals of the run before
+    it again (a sampler restarted from the same seed repeats them, trial for trial)."""
+    if seed is None:
+        return None
+    if earlier_trials == 0:
+        return seed + worker
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, worker, earlier_trials]).generate_state(1)[0])
+
+
+def data_identity(data_dir: Path | None) -> dict:
+    """What a study records of its data: a name to show, and what is compared: the training
+    split's fingerprint (as the trials' checkpoints hold it), or for the generated default
+    (from each trial's --seed) the generator's settings."""
+    from spiralctl.data import DataConfig, load_training_data
+
+    if data_dir is None:
+        generator = {k: v for k, v in asdict(DataConfig()).items() if k != "seed"}
+        return {
+            "name": "the generated default data",
+            "fingerprint": "generated: " + json.dumps(generator, sort_keys=True),
+        }
+    data = load_training_data(data_dir)  # every check train makes, before the first trial
+    if data.val is None:  # trials would be compared on how well they fit their training data
+        raise SpiralError(
+            f"{data_dir} has no validation split (imported with --val-fraction 0), and a study compares "
+            "trials by their validation scores; import it again with a --val-fraction above 0 or a --val "
+            "file",
+            option="data",
+        )
+    return {"name": str(data_dir), "fingerprint": data.train.fingerprint()}
+
+
+def _generated(data: dict) -> bool:
+    return str(data.get("fingerprint", "")).startswith("generated:")
+
+
+def _describe_data(data: dict, given: bool = False) -> str:
+    name = data.get("name", "?")
+    if _generated(data):
+        return f"{name} (no --data)" if given else name
+    return f"{'--data ' if given else ''}{name} (train fingerprint {data.get('fingerprint')})"
+
+
 def _check_settings(study, spec: WorkerSpec) -> None:
     wanted = spec.config.settings()
     if study.direction.name.lower() != spec.config.direction:
@@ -513,12 +565,23 @@ def _check_settings(study, spec: WorkerSpec) -> None:
         )
     saved = study.user_attrs.get("spiralctl")
     if saved is None:
-        study.set_user_attr("spiralctl", wanted)
-    elif saved != wanted:
-        differ = [key for key in wanted if saved.get(key) != wanted[key]]
+        study.set_user_attr("spiralctl", {**wanted, "data": spec.data})
+        return
+    differ = [key for key in wanted if saved.get(key) != wanted[key]]
+    if differ:
         raise SpiralError(
             f"study {spec.study!r} was started with other settings ({', '.join(differ)}: "
             f"{json.dumps({k: saved.get(k) for k in differ})}); give the same options or another --study"
+        )
+    if not isinstance(saved.get("data"), dict):  # a study from before the data was recorded: this data
+        study.set_user_attr("spiralctl", {**saved, "data": spec.data})
+    elif saved["data"].get("fingerprint") != spec.data.get("fingerprint"):
+        again = "no --data" if _generated(saved["data"]) else f"--data {saved['data'].get('name')}"
+        raise SpiralError(
+            f"study {spec.study!r} was started on {_describe_data(saved['data'])}, and "
+            f"{_describe_data(spec.data, given=True)} is other data: validation losses on different "
+            f"data cannot be compared; give {again} to go on with the study, or another --study name "
+            "for a study on this data"
         )
 
 
@@ -1034,14 +1097,6 @@ def _check_devices(devices: list[str]) -> None:
         resolve_device(device)
 
 
-def _check_data(data_dir: Path | None) -> None:
-    if data_dir is None:
-        return
-    from spiralctl.data import load_training_data
-
-    load_training_data(data_dir)  # every check train makes, before the first trial starts
-
-
 def tune(
     config: TuneConfig,
     *,
@@ -1070,13 +1125,18 @@ def tune(
     if not study.strip():
         raise SpiralError("--study must not be empty")
     _optuna()
-    _check_data(data_dir)
+    data = data_identity(data_dir)
     _check_devices(sorted(set(devices)))
+    first = WorkerSpec(config, where, study, out, data_dir, devices[0], plots, data=data)
+    opened, _ = _open_study(first)  # create it, or check that its settings are ours, before any work
+    try:
+        earlier = len(opened.get_trials(deepcopy=False))
+    except Exception as exc:
+        raise _storage_error(where, exc, "cannot read the study") from None
     specs = [
-        WorkerSpec(config, where, study, out, data_dir, devices[i % len(devices)], plots, index=i)
+        replace(first, device=devices[i % len(devices)], index=i, earlier_trials=earlier)
         for i in range(workers)
     ]
-    _open_study(specs[0])  # create it, or check that its settings are ours, before any work
     _check_out(out, study, where)
     on_progress(
         "start",

@@ -250,3 +250,73 @@ def test_train_shows_the_warning_on_stderr(tmp_path, small_data):
     )
     summary = json.loads(result.stdout)
     assert summary["warnings"] == [result.stderr[len("warning: ") : -1]]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_force_removes_the_splits_the_new_dataset_does_not_have(tmp_path):
+    """The report: gen-data --force without --test-fraction left an older test.safetensors, which
+    eval then read as this dataset's. A folder holds the splits of one command; other files stay."""
+    data = tmp_path / "d1"
+    gen = ["gen-data", str(data), "--sequences", "40", "--length", "6"]
+    assert CliRunner().invoke(app, [*gen, "--test-fraction", "0.2", "--seed", "1"]).exit_code == 0
+    (data / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(app, [*gen, "--force"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "train.safetensors", "val.safetensors"]
+    assert (data / "notes.txt").read_text() == "mine"
+    assert json.loads(load_dataset(data / "train.safetensors").metadata["generator"])["seed"] == 0
+
+
+def test_without_force_a_split_the_new_dataset_lacks_is_refused_too(tmp_path):
+    save_datasets(tmp_path, {"test": generate(DataConfig(sequences=20, test_fraction=0.2))["test"]})
+    before = _files(tmp_path)
+    result = CliRunner().invoke(app, ["gen-data", str(tmp_path), "--sequences", "20"])
+    assert result.exit_code == 2 and result.output == (
+        f"error: {tmp_path}/test.safetensors already exists; pass --force to overwrite (and to remove "
+        "test.safetensors: the new dataset has no such split)\n"
+    )
+    assert _files(tmp_path) == before
+
+
+def test_import_without_validation_removes_the_old_val_split(tmp_path):
+    """import --val-fraction 0 writes no val split: with --force an older val.safetensors goes, so
+    train trains on train.safetensors alone instead of validating on another dataset's split."""
+    data = tmp_path / "data"
+    save_datasets(data, generate(DataConfig(sequences=20, length=6, seed=3)))
+    x = np.random.default_rng(0).normal(size=(12, 5, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(12) % 2)
+    args = ["import", str(tmp_path / "x.npy"), str(data), "--labels", str(tmp_path / "y.npy")]
+    result = CliRunner().invoke(app, [*args, "--val-fraction", "0"])
+    assert result.exit_code == 2 and "val.safetensors already exist" in result.output
+    assert CliRunner().invoke(app, [*args, "--val-fraction", "0", "--force"]).exit_code == 0
+    assert sorted(p.name for p in data.iterdir()) == ["train.safetensors"]
+    assert load_training_data(data).val is None
+
+
+def test_stale_splits_go_only_once_the_new_ones_are_in_place(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    save_datasets(data, generate(DataConfig(sequences=20, test_fraction=0.2, seed=1)))
+    (data / "notes.txt").write_text("mine")
+    before = _files(data)
+    _disk_full_after(monkeypatch, 1)  # the new val split fails: the old dataset stays whole
+    with pytest.raises(SpiralError, match="val.safetensors: No space left on device"):
+        save_datasets(data, generate(DataConfig(sequences=20, seed=2)), force=True)
+    assert _files(data) == before
+    monkeypatch.undo()
+
+    new = generate(DataConfig(sequences=20, seed=2))
+    unlink, seen = Path.unlink, []
+
+    def unlinking(path, *args, **kwargs):
+        if path.parent == data:  # what the folder holds when the old test split is removed
+            seen.append((path.name, load_dataset(data / "train.safetensors").fingerprint()))
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlinking)
+    save_datasets(data, new, force=True)
+    assert seen == [("test.safetensors", new["train"].fingerprint())]
+    assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "train.safetensors", "val.safetensors"]

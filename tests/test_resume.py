@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import pytest
 
 from spiralctl import commands
 from spiralctl.checkpoint import load_checkpoint
-from spiralctl.config import TrainConfig
-from spiralctl.errors import SpiralError
+from spiralctl.config import LrSegment, TrainConfig, load_run_options, run_options
+from spiralctl.errors import Interrupted, SpiralError
 from spiralctl.kernels.layout import PackedBatch
 from spiralctl.kernels.step import step_bytes
 from spiralctl.runs import read_metrics
@@ -210,12 +211,163 @@ def test_exist_ok_leaves_files_it_did_not_write(run, small_data, tmp_path):
     assert (folder / "config.json").read_text() == '{"mine": true}'
 
 
-def test_a_cosine_run_keeps_its_epochs_on_resume(run, small_data, tmp_path):
+COSINE = TrainConfig(
+    epochs=2, batch_size=16, hidden=4, seed=1, lr=0.02, lr_schedule="cosine"
+)  # 4 steps an epoch
+
+
+def _assert_same_state(a: Path, b: Path) -> None:
+    one, other = load_checkpoint(a), load_checkpoint(b)
+    assert one.epoch == other.epoch and one.train_config == other.train_config
+    for name in one.weights:
+        np.testing.assert_array_equal(one.weights[name], other.weights[name])
+    for name in one.optimizer:
+        np.testing.assert_array_equal(one.optimizer[name], other.optimizer[name])
+
+
+def _untimed_metrics(run_dir: Path) -> list[dict]:
+    timing = ("train_seconds", "sequences_per_second", "seconds")
+    return [{k: v for k, v in m.items() if k not in timing} for m in read_metrics(run_dir)]
+
+
+def _stop_at(epoch: int, batch: int):
+    """A progress callback that sends the run SIGINT at that step: the run stops right after it."""
+    import signal
+
+    def callback(event: str, info: dict) -> None:
+        if event == "batch" and info["epoch"] == epoch and info["batch"] == batch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return callback
+
+
+def test_a_cosine_run_is_extended_by_a_new_cosine_segment(run, small_data, tmp_path):
+    """The reported case: --epochs on resume of a finished cosine run. The run goes on with a
+    second cosine, from --lr at the next step down to 0 at the new end, and its config.json and
+    checkpoints say so."""
     out = tmp_path / "cos"
-    args = ["--data", small_data, "--out", out, "--lr-schedule", "cosine", *SMALL]
-    assert run("train", *args, "--epochs", 2).exit_code == 0
-    result = run("train", "--resume", out / "last.safetensors", "--epochs", 4)
-    assert result.exit_code == 2 and "--epochs 4 (the run has 2)" in result.stderr
+    args = ["--data", small_data, "--out", out, "--lr-schedule", "cosine", "--lr", 0.02, "--hidden", 4]
+    assert (
+        run("train", *args, "--batch-size", 16, "--epochs", 2, "--device", "cpu", "--no-plots").exit_code == 0
+    )
+    result = run("train", "--resume", out / "last.safetensors", "--epochs", 4, "--no-plots")
+    assert result.exit_code == 0, result.stderr
+    segments = [
+        {"start_step": 0, "total_steps": 8, "lr": 0.02},
+        {"start_step": 8, "total_steps": 16, "lr": 0.02},
+    ]
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 4 and config["lr_segments"] == segments
+    assert load_checkpoint(out / "last.safetensors").train_config["lr_segments"] == segments
+    lr = [m["lr"] for m in read_metrics(out)]  # each epoch's last step: 4, 8, 12, 16
+    cosine = [0.01 * (1 + np.cos(np.pi * step / 8)) for step in (3, 7, 3, 7)]
+    np.testing.assert_allclose(lr, cosine, rtol=1e-12)
+    # the run's end, once reached, is the end: a resume without --epochs has nothing left to do
+    result = run("train", "--resume", out / "last.safetensors")
+    assert result.exit_code == 2 and "already run 4 epochs" in result.stderr
+
+
+def test_an_extended_cosine_run_stopped_inside_its_new_segment_resumes_bit_for_bit(small_data, tmp_path):
+    """Extend 2 -> 4 epochs in one go, or extend, stop at step 2 of epoch 3, and resume (without
+    --epochs, as the stop message says to, and once more with it): the same weights, optimizer
+    state, metrics and config."""
+    for name in ("once", "twice"):
+        commands.train(COSINE, data_dir=small_data, out=tmp_path / name, device="cpu", plots=False)
+    extended, given = replace(COSINE, epochs=4), frozenset({"epochs"})
+    once, twice = tmp_path / "once" / "last.safetensors", tmp_path / "twice" / "last.safetensors"
+    commands.train(extended, resume_path=once, given=given, device="cpu", plots=False)
+
+    with pytest.raises(Interrupted):
+        commands.train(
+            extended, resume_path=twice, given=given, device="cpu", plots=False, on_progress=_stop_at(3, 2)
+        )
+    assert load_checkpoint(twice).metrics["partial_steps"] == 2
+    with pytest.raises(Interrupted):  # no --epochs: the run's own, now 4
+        commands.train(
+            TrainConfig(), resume_path=twice, device="cpu", plots=False, on_progress=_stop_at(4, 1)
+        )
+    assert _epochs(twice.parent) == [1, 2, 3]  # stopped again, now inside epoch 4
+    commands.train(extended, resume_path=twice, given=given, device="cpu", plots=False)
+
+    _assert_same_state(once, twice)
+    assert _untimed_metrics(once.parent) == _untimed_metrics(twice.parent)
+    assert (tmp_path / "once" / "config.json").read_text() == (tmp_path / "twice" / "config.json").read_text()
+
+
+def test_a_cosine_run_resumed_with_its_own_epochs_keeps_its_schedule(small_data, tmp_path):
+    """Stopped inside epoch 2 of 3 and resumed without --epochs, or with the same --epochs: the run
+    one straight run makes, bit for bit, and no segments anywhere (files as before)."""
+    config = replace(COSINE, epochs=3)
+    commands.train(config, data_dir=small_data, out=tmp_path / "straight", device="cpu", plots=False)
+    for name, given in (("bare", frozenset()), ("same", frozenset({"epochs"}))):
+        out = tmp_path / name
+        with pytest.raises(Interrupted):
+            commands.train(
+                config, data_dir=small_data, out=out, device="cpu", plots=False, on_progress=_stop_at(2, 3)
+            )
+        resume = TrainConfig(epochs=3 if given else 25)
+        commands.train(resume, resume_path=out / "last.safetensors", given=given, device="cpu", plots=False)
+        _assert_same_state(tmp_path / "straight" / "last.safetensors", out / "last.safetensors")
+        assert "lr_segments" not in load_checkpoint(out / "last.safetensors").train_config
+        assert "lr_segments" not in json.loads((out / "config.json").read_text())
+
+
+def test_a_cosine_run_stopped_mid_way_and_shortened_anneals_to_its_new_end(small_data, tmp_path):
+    """--epochs may also move the end closer: a new segment from the resumed step (inside an epoch)
+    down to 0 at the new end."""
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        commands.train(
+            replace(COSINE, epochs=6),
+            data_dir=small_data,
+            out=out,
+            device="cpu",
+            plots=False,
+            on_progress=_stop_at(2, 1),  # after step 5
+        )
+    commands.train(
+        replace(COSINE, epochs=3),
+        resume_path=out / "last.safetensors",
+        given=frozenset({"epochs"}),
+        device="cpu",
+        plots=False,
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr_segments"] == [
+        {"start_step": 0, "total_steps": 24, "lr": 0.02},
+        {"start_step": 5, "total_steps": 12, "lr": 0.02},
+    ]
+    lr = [m["lr"] for m in read_metrics(out)]  # the steps 4, 8 and 12
+    np.testing.assert_allclose(
+        lr, [0.01 * (1 + np.cos(np.pi * 3 / 24)), *(0.01 * (1 + np.cos(np.pi * s / 7)) for s in (2, 6))]
+    )
+
+
+def test_the_learning_rate_of_segments():
+    plain = TrainConfig(lr=0.1, lr_schedule="cosine")
+    assert [plain.learning_rate(s, 4) for s in (1, 3)] == [0.1, 0.1 * 0.5 * (1 + np.cos(np.pi / 2))]
+    extended = plain.resumed((LrSegment(0, 4, 0.1),), 4, 8)
+    assert extended.lr_segments == (LrSegment(0, 4, 0.1), LrSegment(4, 8, 0.1))
+    for step in range(1, 5):  # the first segment's steps are the plain schedule's, to the bit
+        assert extended.learning_rate(step, 8) == plain.learning_rate(step, 4)
+    assert extended.learning_rate(5, 8) == 0.1 and extended.learning_rate(7, 8) == plain.learning_rate(3, 4)
+    assert plain.resumed((LrSegment(0, 4, 0.1),), 2, 4).lr_segments == ()  # the same end: as it was
+    assert TrainConfig().resumed((LrSegment(0, 4, 0.01),), 4, 8).lr_segments == ()  # constant: none
+    with pytest.raises(SpiralError, match="end after step 8, and this run has 12 steps"):
+        extended.check_steps(12)
+    with pytest.raises(SpiralError, match="not a segment"):
+        replace(plain, lr_segments=(LrSegment(0, 4, 0.1), LrSegment(4, 3, 0.1))).check()
+
+
+def test_config_json_of_an_extended_run_is_read_back(tmp_path):
+    path = tmp_path / "config.json"
+    segments = (LrSegment(0, 8, 0.02), LrSegment(8, 16, 0.02))
+    config = TrainConfig(epochs=4, lr=0.02, lr_schedule="cosine", lr_segments=segments)
+    path.write_text(json.dumps(run_options(config, None, "cpu")))
+    assert load_run_options(path)["lr_segments"] == segments
+    path.write_text(json.dumps({**run_options(config, None, "cpu"), "lr_segments": [{"start_step": 0}]}))
+    with pytest.raises(SpiralError, match="lr_segments must be a list of"):
+        load_run_options(path)
 
 
 def test_a_checkpoint_without_optimizer_state_is_refused_up_front(run, trained_run, tmp_path):

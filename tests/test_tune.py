@@ -283,6 +283,54 @@ def test_a_study_of_six_trials(run, tiny_data):
     assert same.exit_code == 0 and _finished(_json_lines(same.stdout)[-1]) == 6
 
 
+def test_a_study_refuses_trials_on_other_data(run, tiny_data, tmp_path):
+    """The data is part of what a study fixes: another --data (or none, the generated default)
+    is refused before any trial runs, with one line naming both, and the study is left as it was."""
+    from spiralctl.data import DataConfig, generate, load_dataset, save_datasets
+
+    other = tmp_path / "other"
+    save_datasets(other, generate(DataConfig(sequences=60, length=8, seed=6)))
+    args = ("--epochs", 1, "--hidden", 2, "--batch-size", 16, "--no-plots", "--out", "t", "--sampler-seed", 0)
+    assert run("tune", "--data", tiny_data, "--trials", 1, *args).exit_code == 0
+    ours, theirs = (load_dataset(d / "train.safetensors").fingerprint() for d in (tiny_data, other))
+    result = run("tune", "--data", other, "--trials", 2, *args)
+    assert result.exit_code == 2 and result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert result.stderr == (
+        f"error: study 'spiralctl' was started on {tiny_data} (train fingerprint {ours}), and --data "
+        f"{other} (train fingerprint {theirs}) is other data: validation losses on different data cannot "
+        f"be compared; give --data {tiny_data} to go on with the study, or another --study name for a "
+        "study on this data\n"
+    )
+    result = run("tune", "--trials", 2, *args)  # no --data: the generated default, other data too
+    assert (
+        result.exit_code == 2 and "and the generated default data (no --data) is other data" in result.stderr
+    )
+    assert _finished(_study("t")) == 1 and not Path("t/trial-1").exists()
+    assert _study("t")["settings"]["data"] == {"name": str(tiny_data), "fingerprint": ours}
+    assert run("tune", "--data", other, "--trials", 1, *args, "--study", "other", "--out", "o").exit_code == 0
+
+
+def test_a_study_that_goes_on_proposes_new_parameters(run, tiny_data):
+    """A rerun that extends a study (here on SQLite) does not draw the proposals of the run before
+    it again, and --sampler-seed still repeats a new study exactly."""
+    args = ("--data", tiny_data, "--epochs", 1, "--hidden", 2, "--batch-size", 16, "--no-plots")
+    args = (*args, "--sampler-seed", 0, "--storage", "sqlite:///study.db", "--json")
+
+    def params(study: str) -> list[dict]:
+        summary = tuning.summarize(study, tuning.resolve_storage("sqlite:///study.db", None))
+        return [row["params"] for row in summary["trials"]]
+
+    assert run("tune", *args, "--trials", 1, "--study", "a", "--out", "a").exit_code == 0
+    result = run("tune", *args, "--trials", 2, "--study", "a", "--out", "a")
+    assert result.exit_code == 0, result.output
+    first, later = params("a")
+    assert later != first  # a sampler restarted from the seed proposed trial 0's again
+    assert run("tune", *args, "--trials", 1, "--study", "b", "--out", "b").exit_code == 0
+    assert params("b") == [first]  # a new study with the same seed: the same trials
+    assert tuning.sampler_seed(0, 1, 0) == 1 and tuning.sampler_seed(None, 0, 4) is None
+    assert len({tuning.sampler_seed(0, w, n) for w in range(2) for n in range(5)}) == 10
+
+
 def test_ctrl_c_then_rerun_completes_the_study(tiny_data, tmp_path):
     args = _long_trials(tiny_data, trials=3, epochs=30)
     first = _start(*args, "--json-progress")

@@ -146,7 +146,12 @@ def read_labels_npy(path: Path, count: int) -> list[str]:
     try:
         array = np.load(path, allow_pickle=False)
     except UNREADABLE as exc:
-        raise SpiralError(f"{path}: not a readable .npy array of labels ({exc})", option="labels") from None
+        why = "it holds Python objects, or is not a .npy file" if "pickle" in str(exc) else str(exc)
+        raise SpiralError(
+            f"{path}: not a readable .npy array of labels ({why}); save them with numpy.save as an "
+            "array of integers or strings",
+            option="labels",
+        ) from None
     if not isinstance(array, np.ndarray):
         array.close()
         raise SpiralError(
