@@ -172,3 +172,12 @@ def test_plot_compares_with_the_true_class_as_the_model_names_it(run, tmp_path, 
     assert result.exit_code == 0, result.output
     wrong = round((1 - report["accuracy"]) * len(data))
     assert json.loads(result.stdout)["mistakes"] == wrong
+
+
+def test_tune_refuses_data_without_a_validation_split(run, tmp_path, csv_run):
+    pytest.importorskip("optuna")
+    source, _ = csv_run
+    assert run("import", source, "all", "--val-fraction", 0).exit_code == 0
+    result = run("tune", "--data", "all", "--trials", 1, "--epochs", 1)
+    assert result.exit_code == 2 and "no validation split" in _error(result) and "--val" in _error(result)
+    assert not (tmp_path / "runs").exists()
