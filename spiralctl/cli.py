@@ -16,7 +16,16 @@ from typer.core import TyperGroup
 
 from spiralctl import __version__, commands, ui
 from spiralctl.config import RUN_OPTIONS, InferenceOptions, TrainConfig, load_run_options
-from spiralctl.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Interrupted, SpiralError
+from spiralctl.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Interrupted,
+    SpiralError,
+    Terminated,
+)
 from spiralctl.kernels.workers import stop_compile_workers
 
 # Typer's parsing errors, found through a public class so this works whether Typer
@@ -27,8 +36,12 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 @dataclass
 class State:
-    """What the global options set for the command being run (the click context's obj)."""
+    """What the common output flags set for the command being run (the click context's obj),
+    given before the command name or after it. The fields are named as the flags' parameters."""
 
+    quiet: bool = False
+    verbose: bool = False
+    json_output: bool = False
     debug: bool = False
     stdout: IO[str] | None = None  # the real stdout, while --debug sends tinygrad's lines to stderr
 
@@ -79,7 +92,7 @@ class SpiralGroup(TyperGroup):
                 ui.error_line("interrupted")
         except SpiralError as exc:
             if state.debug:
-                traceback.print_exc()
+                _print_traceback(exc)
             ui.error_line(error_message(exc))
             code = exc.exit_code
         except _UsageError as exc:
@@ -98,6 +111,9 @@ class SpiralGroup(TyperGroup):
             else:
                 ui.error_line("interrupted")
                 code = EXIT_INTERRUPTED
+        except Terminated:  # a SIGTERM outside a training, which stops at a resumable point instead
+            ui.error_line("terminated")
+            code = EXIT_TERMINATED
         except BrokenPipeError:  # stdout's reader went away: nothing more to say to it
             ui.stdout_closed()
             code = EXIT_OK
@@ -110,9 +126,18 @@ class SpiralGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """--debug's traceback, on stderr; one that cannot be written leaves the exit code as it is."""
+    try:
+        traceback.print_exception(exc)
+        sys.stderr.flush()
+    except OSError:
+        ui.stderr_closed()
+
+
 def _internal_error(exc: BaseException, state: State) -> int:
     if state.debug:
-        traceback.print_exception(exc)
+        _print_traceback(exc)
     ui.error_line(
         f"internal error: {type(exc).__name__}: {exc} (a bug in spiralctl: please report it; "
         "rerun with --debug for the traceback)"
@@ -139,6 +164,88 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# option groups in --help
+DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
+SPLITS, INFERENCE = "Splits", "Inference"
+DEVICE = "Device"
+
+
+def _output_flag(ctx: typer.Context, param: typer.CallbackParam, value: bool) -> bool:
+    """The common output flags mean the same before the command name and after it: either sets
+    the flag in the State, and the command's parameter gets the State's value."""
+    state = ctx.find_root().obj
+    if not isinstance(state, State) or ctx.resilient_parsing:  # shell completion: parsing only
+        return value
+    if value and not getattr(state, param.name):
+        setattr(state, param.name, True)
+        if param.name == "debug":
+            _debug_on(ctx, state)
+    if state.quiet and state.verbose:
+        raise SpiralError("and {verbose} ask for opposite things; give one", option="quiet")
+    return getattr(state, param.name)
+
+
+def _debug_on(ctx: typer.Context, state: State) -> None:
+    import contextlib
+
+    from tinygrad.helpers import DEBUG, Context
+
+    # tinygrad prints its debug lines to stdout; send them to stderr, keep stdout for results
+    state.stdout = sys.stdout
+    ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
+    ctx.with_resource(Context(DEBUG=max(DEBUG.value, 2)))
+
+
+# The common output flags: every command takes each of them, also where it has nothing to say
+# differently, in these parameters (quiet, verbose, json_output, debug: the State's fields).
+# -q: no progress and no notes (errors, warnings and the result stay); -v: more detail on
+# stderr where there is more to tell (train, tune), and -q with -v is an error.
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        metavar="",
+        callback=_output_flag,
+        help="No progress and no notes: only errors, warnings and the result.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        metavar="",
+        callback=_output_flag,
+        help="More detail on stderr where there is more to tell: train shows the settings, every step "
+        "and every file saved; tune every epoch of every trial.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        metavar="",
+        callback=_output_flag,
+        help="Print the result as JSON on stdout, one object per line (predict: one per sequence).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+DebugOption = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        metavar="",
+        callback=_output_flag,
+        help="Show tracebacks for errors and tinygrad's debug output (DEBUG=2: every kernel "
+        "with its time), on stderr.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+
+
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -148,26 +255,13 @@ def _main(
             "--version", metavar="", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
-    debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            metavar="",
-            help="Show tracebacks for errors and tinygrad's debug output (DEBUG=2: every kernel "
-            "with its time), on stderr.",
-        ),
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
-    ctx.obj.debug = debug
-    if debug:
-        import contextlib
-
-        from tinygrad.helpers import DEBUG, Context
-
-        # tinygrad prints its debug lines to stdout; send them to stderr, keep stdout for results
-        ctx.obj.stdout = sys.stdout
-        ctx.with_resource(contextlib.redirect_stdout(sys.stderr))
-        ctx.with_resource(Context(DEBUG=max(DEBUG.value, 2)))
+    """The common output flags, also taken here before the command name: their callback does
+    the work."""
 
 
 def _results(ctx: typer.Context):
@@ -189,11 +283,6 @@ class Style(str, Enum):
     lux = "lux"
 
 
-# option groups in --help
-DATA, MODEL, OPTIMIZE, RUN, OUTPUT = "Data", "Model", "Optimization", "Run folder", "Output"
-SPLITS, INFERENCE = "Splits", "Inference"
-DEVICE = "Device"
-
 DeviceOption = Annotated[
     str,
     typer.Option(
@@ -214,10 +303,6 @@ ThresholdOption = Annotated[
 BatchSizeOption = Annotated[int, typer.Option(help="Sequences per forward pass.", rich_help_panel=INFERENCE)]
 ForceOption = Annotated[
     bool, typer.Option("--force", metavar="", help="Replace files that exist.", rich_help_panel=OUTPUT)
-]
-JsonOption = Annotated[
-    bool,
-    typer.Option("--json", metavar="", help="Print the result as JSON on stdout.", rich_help_panel=OUTPUT),
 ]
 CheckpointArgument = Annotated[
     Path,
@@ -266,7 +351,10 @@ def gen_data(
         int, typer.Option(help="Random seed; same arguments, same bytes.", rich_help_panel=DATA)
     ] = 0,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Write a spiral dataset (clockwise vs anticlockwise) to OUT_DIR.
 
@@ -341,7 +429,10 @@ def import_data(
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed of the split.", rich_help_panel=SPLITS)] = 0,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Turn your own labelled sequences into a dataset to train on.
 
@@ -499,35 +590,9 @@ def train(
             rich_help_panel=OUTPUT,
         ),
     ] = True,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet",
-            "-q",
-            metavar="",
-            help="No progress: only errors and the result.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            "-v",
-            metavar="",
-            help="More detail: settings, every step, every file saved.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    json_output: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            metavar="",
-            help="Print the summary as one JSON object on stdout.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+    json_output: JsonOption = False,
     json_progress: Annotated[
         bool,
         typer.Option(
@@ -537,6 +602,7 @@ def train(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Train the LSTM classifier; writes checkpoints, metrics and plots to a run folder.
 
@@ -554,8 +620,6 @@ def train(
 
     spiralctl train --resume runs/train-3/last.safetensors --epochs 50
     """
-    if quiet and verbose:
-        raise SpiralError("and {verbose} ask for opposite things; give one", option="quiet")
     settings = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -703,9 +767,8 @@ def tune(
             metavar="", help="Plots in every trial folder and of the search.", rich_help_panel=OUTPUT
         ),
     ] = True,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", metavar="", help="No progress.", rich_help_panel=OUTPUT)
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
     json_progress: Annotated[
         bool,
@@ -716,6 +779,7 @@ def tune(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Search hyperparameters with Optuna; every trial is a run folder OUT/trial-K.
 
@@ -732,6 +796,8 @@ def tune(
 
     spiralctl tune --show runs/tune-spiralctl
     """
+    from rich.text import Text
+
     from spiralctl import tune as tuning
     from spiralctl import ui_tune
 
@@ -756,10 +822,13 @@ def tune(
         sampler_seed=sampler_seed,
         heartbeat=heartbeat,
     )
-    progress = ui_tune.TuneProgress(ui.make_console(stderr=True), quiet=quiet)
+    stderr = ui.make_console(stderr=True)
+    progress = ui_tune.TuneProgress(stderr, quiet=quiet)
 
     def on_progress(event: str, info: dict) -> None:
         progress(event, info)
+        if verbose and event == "trial_epoch":  # above the live table, in a terminal
+            stderr.print(Text(ui.trial_epoch_line(info)))  # Text: the live table keeps its markup
         if json_progress and event == "trial":
             ui.print_json(console, {"event": "trial", **info})
 
@@ -822,7 +891,10 @@ def evaluate(
         ),
     ] = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Report loss, accuracy, balanced accuracy, macro F1, per-class precision/recall/F1 and the
     K x K confusion matrix.
@@ -869,12 +941,10 @@ def predict(
         ),
     ] = None,
     force: ForceOption = False,
-    json_output: Annotated[
-        bool,
-        typer.Option(
-            "--json", metavar="", help="One JSON object per sequence per line.", rich_help_panel=OUTPUT
-        ),
-    ] = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Classify sequences of any length: each one's most probable class and its probability.
 
@@ -888,7 +958,7 @@ def predict(
 
     if output is not None:
         check_output(output, force)
-    if input == "-" and sys.stdin.isatty():
+    if input == "-" and sys.stdin.isatty() and not quiet:
         ui.note("reading sequences (CSV or JSON) from the terminal; end with Ctrl-D")
     blocks = commands.predict_blocks(
         checkpoint, input, _inference(device, batch_size, threshold), threshold_given=_given(ctx, "threshold")
@@ -932,7 +1002,10 @@ def plot(
     device: DeviceOption = "auto",
     threshold: ThresholdOption = 0.5,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Draw sequences, coloured by label, or by a model's prediction with mistakes marked.
 
@@ -956,7 +1029,10 @@ def export(
     checkpoint: CheckpointArgument,
     out: Annotated[Path, typer.Argument(metavar="OUT", help="The ONNX file to write (.onnx).")],
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Export a checkpoint to ONNX (the standard LSTM operator, opset 17).
 
@@ -976,7 +1052,10 @@ def export(
 def info(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A dataset or checkpoint .safetensors file.")],
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     json_output: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Show what a dataset or checkpoint holds: kind, format, tensors, configs, checksum.
 
@@ -988,7 +1067,13 @@ def info(
 
 
 @app.command()
-def devices(ctx: typer.Context, json_output: JsonOption = False) -> None:
+def devices(
+    ctx: typer.Context,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
     """Show which backends work here, the tinygrad devices behind them, and why not the others.
 
     **Example**
@@ -1004,4 +1089,7 @@ def main() -> None:
     except KeyboardInterrupt:  # before SpiralGroup.main's own guard: the same answer
         ui.error_line("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        ui.error_line("terminated")
+        sys.exit(EXIT_TERMINATED)
     command(prog_name="spiralctl")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 from collections.abc import Callable
 
 EXIT_OK = 0
@@ -12,6 +13,27 @@ EXIT_USAGE = 2  # bad usage or bad input
 EXIT_INTERNAL = 3  # a bug in spiralctl: please report it
 EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), after saving a resumable checkpoint
 EXIT_TERMINATED = 143  # SIGTERM (kill, timeout, Slurm, container runtimes), likewise
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived outside a training (which stops at a resumable point instead, Interrupted).
+    Raised where the process is, as Python raises KeyboardInterrupt for a Ctrl-C, so that it
+    ends the same way: one `error:` line and EXIT_TERMINATED. Not an Exception, so that no
+    `except Exception` on the way takes it for a failure of its own."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def terminate_on_sigterm() -> None:
+    """From now on a SIGTERM raises Terminated in the main thread, as a Ctrl-C raises
+    KeyboardInterrupt; training and tune put their own handlers in its place while they run,
+    and give this one back. A SIGTERM this process was started ignoring (SIG_IGN, from its
+    parent) stays ignored, and a handler set outside Python is left alone."""
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 class SpiralError(Exception):

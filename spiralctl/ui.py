@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import IO
 
@@ -32,15 +33,28 @@ def styled(name: str, classes: list[str]) -> str:
 
 
 # Output that is not a terminal (a file, a pipe) keeps every value whole: no wrapping at 80 columns.
+# Tables are as wide as what they hold (none expands to the console's width); the tables of
+# named values are `name: value` lines there (key_values).
 PIPE_WIDTH = 10_000
+
+
+def _to_devnull(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def stdout_closed() -> None:
     """The reader of stdout went away (`| head`): send the rest to /dev/null and carry on, so a
     training in progress finishes and saves its checkpoints."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    _to_devnull(sys.stdout.fileno())
+
+
+def stderr_closed() -> None:
+    """Standard error cannot be written (a full disk, a reader that went away): the rest goes to
+    /dev/null, so that no later line, nor Python's last flush at exit, fails on it again."""
+    with suppress(OSError, ValueError):
+        _to_devnull(2)
 
 
 def output_failed(file: IO[str] | None, exc: OSError) -> OutputFailed:
@@ -112,6 +126,14 @@ def epoch_line(m: dict) -> str:
         + (f"val bal acc {m['val_balanced_accuracy']:.4f}  " if "val_balanced_accuracy" in m else "")
         + f"{m['sequences_per_second']:.0f} seq/s  {m['seconds']:.1f}s"
         + ("  *best" if m.get("best") else "")
+    )
+
+
+def trial_epoch_line(info: dict) -> str:
+    """tune -v: an epoch of a trial, as it ends."""
+    return (
+        f"  trial {info['trial']} epoch {info['epoch']}/{info['epochs']}  val loss {info['val_loss']:.4f}  "
+        f"val acc {info['val_accuracy']:.4f}"
     )
 
 
@@ -245,23 +267,33 @@ def _curve(values: list[float], log: bool, digits: int = 4) -> str:
     return f"{sparkline(values, log)}  {values[0]:.{digits}f} -> {values[-1]:.{digits}f}"
 
 
-def train_summary(console: Console, result: dict) -> None:
-    table = Table(title="training finished", show_header=False, title_justify="left")
+def key_values(console: Console, title: str | None, rows: list[tuple[str, str]], justify="left") -> None:
+    """Named values (info, eval's and train's summaries). In a terminal: a table of two columns,
+    the values folded to its width. Elsewhere (a file, a pipe): the title and one `name: value`
+    line each, every value whole on its line, for people and for grep, cut and awk alike."""
+    from rich.markup import escape
+
+    if not console.is_terminal:
+        lines = ([title] if title else []) + [f"{name}: {value}" for name, value in rows]
+        console.print("\n".join(lines), markup=False, highlight=False)
+        return
+    table = Table(title=escape(title) if title else None, show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    table.add_column(justify=justify, overflow="fold")
+    for name, value in rows:
+        table.add_row(escape(name), escape(value))
+    console.print(table)
+
+
+def train_summary(console: Console, result: dict) -> None:
     best, last = result["best"], result["last"]
-    table.add_row("run folder", result["run_dir"])
+    rows = [("run folder", result["run_dir"])]
     stopped = " (stopped early: --patience)" if result.get("stopped_early") else ""
-    table.add_row("epochs", f"{last['epoch']}{stopped}")
-    if best:
-        table.add_row(
-            "best",
-            f"epoch {best['epoch']}: val loss {best['val_loss']:.4f}, val acc {best['val_accuracy']:.4f}",
-        )
-    table.add_row(
-        "last",
-        f"epoch {last['epoch']}: val loss {last['val_loss']:.4f}, val acc {last['val_accuracy']:.4f}",
-    )
+    rows.append(("epochs", f"{last['epoch']}{stopped}"))
+    for name, metrics in (("best", best), ("last", last)):
+        if metrics:
+            scores = f"val loss {metrics['val_loss']:.4f}, val acc {metrics['val_accuracy']:.4f}"
+            rows.append((name, f"epoch {metrics['epoch']}: {scores}"))
     history = result.get("history", [])
     if len(history) > 1:
         for key, label, log in (
@@ -269,25 +301,37 @@ def train_summary(console: Console, result: dict) -> None:
             ("val_loss", "val loss", True),
             ("val_accuracy", "val acc", False),
         ):
-            table.add_row(label, _curve([m[key] for m in history if key in m], log))
+            rows.append((label, _curve([m[key] for m in history if key in m], log)))
     checkpoints = [path for path in (result["best_checkpoint"], result["last_checkpoint"]) if path]
-    table.add_row("checkpoints", ", ".join(checkpoints))
+    rows.append(("checkpoints", ", ".join(checkpoints)))
     files = ["config.json", "metrics.csv", *(Path(p).name for p in result.get("plots", []))]
-    table.add_row("files", ", ".join(files))
-    table.add_row("time", f"{result['seconds']:.1f}s on {result['device']}")
-    console.print(table)
+    rows.append(("files", ", ".join(files)))
+    rows.append(("time", f"{result['seconds']:.1f}s on {result['device']}"))
+    key_values(console, "training finished", rows)
+
+
+def _stderr_line(text: str) -> None:
+    """One line on stderr. When its reader went away the rest goes to /dev/null and the command
+    goes on, as for stdout; a write that fails otherwise (a full disk) is OutputFailed, as on
+    the stderr console."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        stderr_closed()
+    except OSError as exc:
+        stderr_closed()
+        raise output_failed(sys.stderr, exc) from None
 
 
 def note(message: str) -> None:
     """A remark on stderr that is not an error."""
-    sys.stderr.write(f"note: {message}\n")
-    sys.stderr.flush()
+    _stderr_line(f"note: {message}\n")
 
 
 def warning(message: str) -> None:
     """Something that looks wrong but does not stop the command, on stderr."""
-    sys.stderr.write(f"warning: {message}\n")
-    sys.stderr.flush()
+    _stderr_line(f"warning: {message}\n")
 
 
 def plot_report(console: Console, report: dict) -> None:
@@ -311,25 +355,19 @@ def export_report(console: Console, report: dict) -> None:
 
 
 def eval_report(console: Console, report: dict) -> None:
-    from rich.markup import escape
-
     for message in report.get("warnings", []):
         warning(message)
     classes = report["classes"]
-    summary = Table(
-        title=escape(f"{report['data']} ({report['n']} sequences, {len(classes)} classes)"),
-        show_header=False,
-        title_justify="left",
-    )
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    summary.add_row("accuracy", f"{report['accuracy']:.4f}")
-    summary.add_row("balanced accuracy", f"{report['balanced_accuracy']:.4f}")
-    summary.add_row("macro F1", f"{report['macro_f1']:.4f}")
-    summary.add_row("loss", f"{report['loss']:.4f}")
+    rows = [
+        ("accuracy", f"{report['accuracy']:.4f}"),
+        ("balanced accuracy", f"{report['balanced_accuracy']:.4f}"),
+        ("macro F1", f"{report['macro_f1']:.4f}"),
+        ("loss", f"{report['loss']:.4f}"),
+    ]
     if "threshold" in report:
-        summary.add_row("threshold", f"{report['threshold']}")
-    console.print(summary)
+        rows.append(("threshold", f"{report['threshold']}"))
+    title = f"{report['data']} ({report['n']} sequences, {len(classes)} classes)"
+    key_values(console, title, rows, justify="right")
 
     per_class = Table(title="per class", title_justify="left")
     for column in ("class", "precision", "recall", "F1", "support"):
@@ -510,13 +548,12 @@ def _lengths(row: dict) -> str:
 
 
 def file_info(console: Console, report: dict) -> None:
-    summary = Table(title=report["file"], show_header=False, title_justify="left")
-    summary.add_column(style="bold")
-    summary.add_column(overflow="fold")
-    summary.add_row("kind", report["kind"])
-    summary.add_row("format", str(report["format"]))
-    summary.add_row("size", f"{report['bytes']} bytes")
-    summary.add_row("checksum", report["checksum"])
+    rows = [
+        ("kind", report["kind"]),
+        ("format", str(report["format"])),
+        ("size", f"{report['bytes']} bytes"),
+        ("checksum", report["checksum"]),
+    ]
     if report["kind"] == "dataset":
         classes = ", ".join(f"{n} {name}" for name, n in report["classes"].items())
         points = (
@@ -524,30 +561,32 @@ def file_info(console: Console, report: dict) -> None:
             if report.get("min_length", report["length"]) == report["length"]
             else _lengths(report)
         )
-        summary.add_row("sequences", f"{report['sequences']} of {points} points ({classes})")
-        summary.add_row("features", _features(report))
+        rows.append(("sequences", f"{report['sequences']} of {points} points ({classes})"))
+        rows.append(("features", _features(report)))
     if report["kind"] == "checkpoint":
         steps = report.get("partial_steps", 0)
         position = f" finished, and {plural(steps, 'step')} of epoch {report['epoch'] + 1}" if steps else ""
-        summary.add_row("epoch", f"{report['epoch']}{position}")
-        summary.add_row("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters")
-        summary.add_row("classes", f"{len(report['classes'])}: {', '.join(report['classes'])}")
-        summary.add_row("features", _features(report))
+        rows.append(("epoch", f"{report['epoch']}{position}"))
+        rows.append(("network", f"LSTM hidden {report['hidden']}, {report['parameters']} parameters"))
+        rows.append(("classes", f"{len(report['classes'])}: {', '.join(report['classes'])}"))
+        rows.append(("features", _features(report)))
         normalization = report.get("normalization")
-        summary.add_row(
-            "normalization",
-            "none (inputs as they are)"
-            if normalization is None
-            else "per feature: mean "
-            + ", ".join(f"{v:.4g}" for v in normalization["mean"])
-            + "; std "
-            + ", ".join(f"{v:.4g}" for v in normalization["std"]),
+        rows.append(
+            (
+                "normalization",
+                "none (inputs as they are)"
+                if normalization is None
+                else "per feature: mean "
+                + ", ".join(f"{v:.4g}" for v in normalization["mean"])
+                + "; std "
+                + ", ".join(f"{v:.4g}" for v in normalization["std"]),
+            )
         )
-        summary.add_row("resumable", "yes (optimizer state stored)" if report["resumable"] else "no")
+        rows.append(("resumable", "yes (optimizer state stored)" if report["resumable"] else "no"))
     for key, value in report["metadata"].items():
         if key not in ("format", "epoch", "normalization"):  # shown above
-            summary.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
-    console.print(summary)
+            rows.append((key, json.dumps(value) if isinstance(value, (dict, list)) else str(value)))
+    key_values(console, report["file"], rows)
     tensors = Table(title="tensors", title_justify="left")
     for column in ("name", "dtype", "shape"):
         tensors.add_column(column)
@@ -573,5 +612,9 @@ def devices_table(console: Console, report: dict) -> None:
 
 
 def error_line(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+    """The command's last word, on stderr. A stderr that cannot be written changes nothing: the
+    exit code still says what happened (2 for a missing file, also with `2>/dev/full`)."""
+    try:
+        _stderr_line(f"error: {message}\n")
+    except OutputFailed:
+        pass

@@ -248,7 +248,7 @@ ERRORS = [
     (["train", "--hidden", "-3"], 2, "--hidden"),
     (["train", "--lr", "-1"], 2, "--lr"),
     (["train", "--data", "nowhere"], 2, "--data nowhere"),
-    (["train", "--data", "{data}", "--out", "{run}"], 2, "--exist-ok"),
+    (["train", "--data", "{data}", "--out", "{run}"], 2, "holds a run"),
     (["train", "--resume", "{data}/val.safetensors"], 2, "not a checkpoint"),
     (["gen-data", "out", "--sequences", "-4"], 2, "--sequences"),
     (["gen-data", "out", "--val-fraction", "0.7", "--test-fraction", "0.5"], 2, "add up"),
@@ -340,3 +340,124 @@ def test_a_kernel_cache_that_cannot_be_opened_is_named(run, trained_run, small_d
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --device")
     assert "kernel cache" in lines[0] and "CACHELEVEL=0" in lines[0] and "install clang" not in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the common output flags: every command, before or after its name
+
+COMMANDS = ["gen-data", "import", "train", "tune", "eval", "predict", "plot", "export", "info", "devices"]
+COMMON_FLAGS = {"quiet": ["--quiet", "-q"], "verbose": ["--verbose", "-v"], "json_output": ["--json"]}
+COMMON_FLAGS["debug"] = ["--debug"]
+
+
+def _params(command=None) -> dict:
+    import typer
+
+    from spiralctl.cli import app
+
+    group = typer.main.get_command(app)
+    target = group if command is None else group.commands[command]
+    return {param.name: param for param in target.params}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_the_common_output_flags(command):
+    params = _params(command)
+    for name, opts in COMMON_FLAGS.items():
+        assert name in params, (command, name)
+        assert sorted(params[name].opts) == sorted(opts), (command, params[name].opts)
+
+
+def test_the_common_output_flags_are_one_definition_each():
+    """The same option wherever it is taken: the same names, help and panel before the command
+    name and after any command's."""
+    places = [_params()] + [_params(command) for command in COMMANDS]
+    for name in COMMON_FLAGS:
+        seen = {(tuple(p[name].opts), p[name].help, p[name].rich_help_panel) for p in places}
+        assert len(seen) == 1, (name, seen)
+
+
+def _labelled_csv(path) -> None:
+    rows = ["sequence,label,x,y"]
+    for i in range(24):
+        label = ("up", "down", "flat")[i % 3]
+        rows += [f"s{i},{label},{t},{t * (i % 3 - 1) + i / 10}" for t in range(4 + i % 3)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quiet", "-v", "--verbose", "--json"])
+def test_output_flags_before_or_after_the_command_name_are_the_same(run, tmp_path, flag):
+    _labelled_csv(tmp_path / "seq.csv")
+    before = run(flag, "import", "seq.csv", "a")
+    after = run("import", "seq.csv", "b", flag)
+    assert before.exit_code == 0 and after.exit_code == 0, before.output + after.output
+    assert before.stdout.replace("a/", "b/").replace('"a"', '"b"') == after.stdout
+    assert before.stderr == after.stderr == ""
+    if flag == "--json":
+        assert json.loads(after.stdout)["classes"] == ["down", "flat", "up"]
+
+
+@pytest.mark.parametrize("args", [["--debug", "eval", "{m}", "{m}"], ["eval", "{m}", "{m}", "--debug"]])
+def test_debug_before_or_after_the_command_name_shows_the_traceback(run, args):
+    result = run(*(a.format(m="missing.safetensors") for a in args))
+    assert result.exit_code == 2 and "Traceback" in result.stderr and result.stdout == ""
+    assert (
+        result.stderr.strip().splitlines()[-1] == "error: missing.safetensors: no such file; check the path"
+    )
+
+
+def test_quiet_and_verbose_train_from_either_side(run, small_data):
+    args = ("--data", small_data, "--epochs", 2, "--hidden", 4, "--batch-size", 32, "--no-plots")
+    quiet = run("-q", "train", *args)
+    assert quiet.exit_code == 0 and "epoch 1/2" not in quiet.stderr and "training finished" in quiet.stdout
+    verbose = run("--verbose", "train", *args)
+    assert "settings: epochs 2" in verbose.stderr and "epoch 2 step 2/2" in verbose.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-q", "-v", "devices"],
+        ["-q", "devices", "-v"],
+        ["devices", "--verbose", "--quiet"],
+        ["-v", "info", "x", "-q"],
+        ["gen-data", "d", "-qv"],
+    ],
+)
+def test_quiet_with_verbose_is_a_usage_error_on_every_command(run, args):
+    result = run(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "error: --quiet and --verbose ask for opposite things; give one\n"
+
+
+def test_tune_verbose_shows_every_epoch_of_every_trial(run, small_data):
+    pytest.importorskip("optuna", reason="spiralctl[tune] is not installed")
+    args = ("tune", "--data", small_data, "--trials", 1, "--epochs", 2, "--hidden", 4, "--batch-size", 32)
+    result = run(*args, "--no-plots", "--out", "t", "-v")
+    assert result.exit_code == 0, result.output
+    epochs = [line.split()[:4] for line in result.stderr.splitlines() if line.startswith("  trial 0 epoch")]
+    assert epochs == [["trial", "0", "epoch", "1/2"], ["trial", "0", "epoch", "2/2"]], result.stderr
+    quiet = run(*args, "--no-plots", "--out", "t", "--trials", 2, "-q")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_eval_data_help_names_every_input_it_takes(run):
+    data = next(p for p in _params("eval").values() if p.name == "data")
+    assert "gen-data or import" in data.help and "labelled file of any format import reads" in data.help
+
+
+def test_eval_on_the_models_own_training_split_warns(run, trained_run, small_data):
+    checkpoint, train_split = trained_run / "best.safetensors", small_data / "train.safetensors"
+    table = run("eval", checkpoint, train_split)
+    assert table.exit_code == 0 and "accuracy" in table.stdout
+    message = f"{train_split} is the training split this model was trained on"
+    warnings = [line.removeprefix("warning: ") for line in table.stderr.splitlines()]
+    assert len(warnings) == len(table.stderr.splitlines()) and any(w.startswith(message) for w in warnings)
+    report = json.loads(run("eval", checkpoint, train_split, "--json").stdout)
+    assert report["warnings"] == warnings  # the same lines, with --json in its "warnings"
+    quiet = run("eval", checkpoint, train_split, "-q")
+    assert quiet.stderr == table.stderr  # a warning is not a note: -q keeps it
+    held_out = small_data / "test.safetensors"
+    assert message.replace(str(train_split), str(held_out)) not in run("eval", checkpoint, held_out).stderr
+    report = json.loads(run("eval", checkpoint, held_out, "--json").stdout)
+    assert not any("training split" in w for w in report["warnings"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -207,7 +209,29 @@ def test_a_killed_runs_temporary_files_are_cleared_by_its_resume(trained_run, tm
     assert not stale.exists()
 
 
-def test_a_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+@pytest.fixture
+def sigterm_handler_kept():
+    """entry.main() sets this process's SIGTERM handler, as it does for the command: put it back."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def _raise_signal(signum: int):
+    """The exception a signal raises in spiralctl: KeyboardInterrupt for a Ctrl-C, Terminated for
+    a SIGTERM (its handler, set as the command starts)."""
+    from spiralctl.errors import Terminated
+
+    return KeyboardInterrupt if signum == signal.SIGINT else Terminated
+
+
+SIGNALS = [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+
+
+@pytest.mark.parametrize("signum, code, message", SIGNALS, ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_command_loads_is_one_line(
+    monkeypatch, capsys, sigterm_handler_kept, signum, code, message
+):
     import builtins
 
     from spiralctl import entry
@@ -215,38 +239,166 @@ def test_a_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     real_import = builtins.__import__
 
     def importing(name, *args, **kwargs):
-        if name == "spiralctl.cli":  # the user's Ctrl-C, while Python loads the command line
-            raise KeyboardInterrupt
+        if name == "spiralctl.cli":  # the signal, while Python loads the command line
+            raise _raise_signal(signum)
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", importing)
     with pytest.raises(SystemExit) as exit:
         entry.main()
-    assert exit.value.code == 130
-    assert capsys.readouterr().err == "error: interrupted\n"
+    assert exit.value.code == code
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
-def test_a_ctrl_c_while_the_command_line_is_built_is_one_line(monkeypatch, capsys):
+def test_the_command_raises_terminated_on_sigterm_from_its_start(monkeypatch, sigterm_handler_kept):
+    import builtins
+
+    from spiralctl import entry
+    from spiralctl.errors import Terminated
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    real_import = builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "spiralctl.cli":  # the first thing the command does after setting its handler
+            signal.raise_signal(signal.SIGTERM)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    with pytest.raises(SystemExit) as exit:
+        entry.main()
+    assert exit.value.code == 143 and isinstance(exit.value.__context__, Terminated)
+
+
+def test_a_sigterm_the_command_was_started_ignoring_stays_ignored(sigterm_handler_kept):
+    from spiralctl.errors import terminate_on_sigterm
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    terminate_on_sigterm()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+@pytest.mark.parametrize("signum, code, message", SIGNALS, ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_command_line_is_built_is_one_line(monkeypatch, capsys, signum, code, message):
     import typer
 
     from spiralctl import cli
 
-    def interrupted(app):  # the user's Ctrl-C, while Typer reads the options' annotations
-        raise KeyboardInterrupt
+    def interrupted(app):  # the signal, while Typer reads the options' annotations
+        raise _raise_signal(signum)
 
     monkeypatch.setattr(typer.main, "get_command", interrupted)
     with pytest.raises(SystemExit) as exit:
         cli.main()
-    assert exit.value.code == 130
-    assert capsys.readouterr().err == "error: interrupted\n"
+    assert exit.value.code == code
+    assert capsys.readouterr().err == f"error: {message}\n"
 
 
-def test_a_ctrl_c_before_a_run_starts_says_so(run, small_data, monkeypatch):
+@pytest.mark.parametrize("signum, code, message", SIGNALS, ids=["ctrl-c", "sigterm"])
+def test_a_signal_before_a_run_starts_says_so(run, small_data, monkeypatch, signum, code, message):
     def interrupted(*args, **kwargs):  # before train() sets up its own signal handling
-        raise KeyboardInterrupt
+        raise _raise_signal(signum)
 
     monkeypatch.setattr(commands, "resolve_device", interrupted)
     result = run("train", "--data", small_data, "--out", "run", "--epochs", 1)
-    assert result.exit_code == 130
-    assert result.stderr == "error: interrupted\n" and result.stdout == ""
+    assert result.exit_code == code
+    assert result.stderr == f"error: {message}\n" and result.stdout == ""
     assert not Path("run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# tables in a pipe or a file
+
+
+def test_named_values_in_a_pipe_are_name_value_lines(run, trained_run, small_data):
+    """info, eval's and train's summaries: `name: value`, each value whole on its line, however
+    long; in a terminal, a table."""
+    checkpoint = trained_run / "best.safetensors"
+    lines = run("info", checkpoint).stdout.splitlines()
+    named = lines[: lines.index("tensors")]
+    assert named[0] == str(checkpoint) and "kind: checkpoint" in named
+    assert "resumable: yes (optimizer state stored)" in named
+    metrics = next(line for line in named if line.startswith("metrics: "))
+    assert json.loads(metrics.removeprefix("metrics: "))["epoch"] == 2  # one piece, however wide
+    assert all(": " in line and "│" not in line for line in named[1:])
+
+    evaluated = run("eval", checkpoint, small_data / "test.safetensors").stdout.splitlines()
+    assert evaluated[0] == f"{small_data}/test.safetensors (30 sequences, 2 classes)"
+    assert evaluated[1].startswith("accuracy: 0.") and evaluated[4].startswith("loss: ")
+    assert evaluated[5] == "threshold: 0.5" and evaluated[6] == "per class"
+
+    args = (
+        "--data",
+        small_data,
+        "--out",
+        "r",
+        "--epochs",
+        1,
+        "--hidden",
+        4,
+        "--batch-size",
+        32,
+        "--no-plots",
+    )
+    trained = run("train", *args, "-q").stdout.splitlines()
+    assert trained[:3] == ["training finished", "run folder: r", "epochs: 1"]
+    assert "files: config.json, metrics.csv" in trained
+
+    terminal = run("info", checkpoint, env={"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": "100"})
+    drawn = re.sub(r"\x1b\[[0-9;]*m", "", terminal.stdout)  # bold and italic are not colours
+    assert "│ kind " in drawn and max(map(len, drawn.splitlines())) <= 100
+
+
+@installed
+def test_info_into_a_pipe_is_as_wide_as_its_values(trained_run):
+    checkpoint = trained_run / "best.safetensors"
+    lines = shell(f"spiralctl info {checkpoint} | cat").stdout.splitlines()
+    widest = max(lines, key=len)
+    assert widest.startswith("metrics: {") and widest == widest.rstrip()
+    assert not any("│" in line for line in lines[: lines.index("tensors")])
+
+
+def test_grid_tables_in_a_pipe_are_as_wide_as_what_they_hold(run, trained_run, small_data, tmp_path):
+    rows = ["sequence,label,x"]
+    for i in range(40):  # eight classes: many columns
+        rows += [f"s{i},class-{i % 8},{t}" for t in range(3)]
+    (tmp_path / "wide.csv").write_text("\n".join(rows) + "\n")
+    outputs = {
+        "import": run("import", "wide.csv", "w", "--val-fraction", 0.25),
+        "gen-data": run("gen-data", "g", "--sequences", 20),
+        "eval": run("eval", trained_run / "best.safetensors", small_data / "test.safetensors"),
+        "devices": run("devices"),
+        "info": run("info", small_data / "test.safetensors"),
+    }
+    for command, result in outputs.items():
+        assert result.exit_code == 0, (command, result.output)
+        lines = result.stdout.splitlines()
+        assert all(line == line.rstrip() for line in lines), command  # nothing padded
+        for line in lines:
+            if line[:1] in "┏┃┡│└":  # a row of a table: the table's own width, never the console's
+                assert len(line) < 250, (command, len(line))
+    header = next(line for line in outputs["import"].stdout.splitlines() if "class-0" in line)
+    assert all(f"class-{k}" in header for k in range(8)) and len(header) < 150
+
+
+# ---------------------------------------------------------------------------------------------
+# a standard error that cannot be written
+
+
+@installed
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        ("eval nope x", 2),
+        ("--debug eval nope x", 2),
+        ("eval nope", 2),
+        ("nonsense", 2),
+        ("train --epochs 0", 2),
+        ("info nope.safetensors -q -v", 2),
+        ("--version", 0),
+    ],
+)
+def test_an_exit_code_stays_when_standard_error_cannot_be_written(args, code):
+    result = shell(f"spiralctl {args} 2>/dev/full")
+    assert result.returncode == code, result.stderr

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BAD_FILES
+from helpers import BAD_FILES, EXE, installed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -258,6 +259,44 @@ def test_sigterm_to_the_whole_process_group_exits_with_a_resumable_checkpoint(tm
     assert proc.returncode == 143, err
     assert "SIGTERM" in err.strip().splitlines()[-1]
     assert load_checkpoint(run / "last.safetensors").optimizer  # resumable
+
+
+def _opened_by(fifo: Path, proc: subprocess.Popen):
+    """`fifo` opened for writing, which returns once `proc` has opened it to read: the point to
+    act at, as the process itself reaches it. A process that ends before it fails the test."""
+    opened: list = []
+    opener = threading.Thread(target=lambda: opened.append(open(fifo, "w")), daemon=True)
+    opener.start()
+    while opener.is_alive():
+        opener.join(timeout=0.1)
+        if opener.is_alive() and proc.poll() is not None:
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # lets the opener go
+            opener.join()
+            raise AssertionError(f"spiralctl ended before it read {fifo}: {proc.communicate()}")
+    return opened[0]
+
+
+@installed
+@pytest.mark.parametrize(
+    "sig, code, message", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_before_training_starts_is_one_line_and_its_exit_code(tmp_path, sig, code, message):
+    """The installed spiralctl, stopped while it reads `train --config` (a FIFO it waits on),
+    before any training, run folder or signal handler of the training's own: as a Ctrl-C does."""
+    config = tmp_path / "config.json"
+    os.mkfifo(config)
+    proc = subprocess.Popen(
+        [EXE, "train", "--config", config, "--out", tmp_path / "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with _opened_by(config, proc):
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, (proc.returncode, err)
+    assert err == f"error: {message}\n" and out == ""
+    assert not (tmp_path / "run").exists()
 
 
 def test_kill_9_leaves_every_checkpoint_loadable(tmp_path, many_steps_data):
