@@ -458,6 +458,7 @@ def import_data(
         test_fraction=test_fraction,
         seed=seed,
         force=force,
+        given=frozenset(name for name in ("val_fraction", "test_fraction") if _given(ctx, name)),
     )
     _show(ctx, result, json_output, ui.datasets_table)
 
@@ -1019,7 +1020,15 @@ def plot(
     spiralctl plot data/test.safetensors --checkpoint runs/train-1/best.safetensors -o mistakes.png
     """
     options = _inference(device, 128, threshold)
-    report = commands.plot(data, out, checkpoint=checkpoint, options=options, limit=limit, force=force)
+    report = commands.plot(
+        data,
+        out,
+        checkpoint=checkpoint,
+        options=options,
+        limit=limit,
+        force=force,
+        threshold_given=_given(ctx, "threshold"),
+    )
     _show(ctx, report, json_output, ui.plot_report)
 
 

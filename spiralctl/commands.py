@@ -151,6 +151,7 @@ def import_dataset(
     test_fraction: float = 0.0,
     seed: int = 0,
     force: bool = False,
+    given: frozenset[str] = frozenset(),
 ) -> dict:
     """Labelled sequences from a file (any format inputs.read_labelled reads) or an archive set
     named ucr:NAME, as a dataset in `out_dir`: the official test split (`test`, or the archive's
@@ -159,7 +160,15 @@ def import_dataset(
     from spiralctl.data import class_names, imported_datasets, label_indices, save_datasets
     from spiralctl.inputs import read_archive, read_labelled
 
-    if source.lower().startswith("ucr:"):
+    archive = source.lower().startswith("ucr:")
+    for option, other, what in (("val_fraction", val, "--val"), ("test_fraction", test, "--test")):
+        if option in given and (other is not None or (option == "test_fraction" and archive)):
+            brought = f"{what} {other}" if other is not None else f"{source}'s official test split"
+            raise SpiralError(
+                f"carves a split from TRAIN, and {brought} is that split already; give one of the two",
+                option=option,
+            )
+    if archive:
         if test is not None:
             raise SpiralError(
                 f"{source} brings its own official test split; leave {{test}} out", option="test"
@@ -840,10 +849,12 @@ def classify(
     sequences: list[np.ndarray],
     labels: list[str] | None = None,
     options: InferenceOptions = InferenceOptions(),
+    threshold_given: bool = False,
 ) -> list[dict]:
     """One dict per sequence as PredictionBlock.rows gives them, for sequences already read."""
     options.check()
     loaded = load_model(checkpoint_path, options.device)
+    _check_threshold(loaded, options, threshold_given)
     with _predictor(loaded, options) as predictor:
         logits = predictor.logits_ragged(sequences)
     lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
@@ -865,6 +876,7 @@ def plot(
     options: InferenceOptions = InferenceOptions(),
     limit: int = 36,
     force: bool = False,
+    threshold_given: bool = False,
 ) -> dict:
     """The first `limit` sequences of `source` (anything predict reads) drawn into a PNG, coloured
     by label, or by a checkpoint's predictions with the mistakes marked."""
@@ -884,7 +896,7 @@ def plot(
     labels = labels[:limit] if labels is not None else None
     predictions = None
     if checkpoint is not None:
-        predictions = classify(checkpoint, names, sequences, labels, options)
+        predictions = classify(checkpoint, names, sequences, labels, options, threshold_given)
     title = Path(source).name if source != "-" else "stdin"
     drawn = sequence_plot(sequences, names, out, labels, predictions, title=title)
     return {

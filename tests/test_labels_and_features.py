@@ -181,3 +181,52 @@ def test_tune_refuses_data_without_a_validation_split(run, tmp_path, csv_run):
     result = run("tune", "--data", "all", "--trials", 1, "--epochs", 1)
     assert result.exit_code == 2 and "no validation split" in _error(result) and "--val" in _error(result)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("classes", [["clockwise", "anticlockwise"], ["a", 'b"q', "c", "Ω"]])
+def test_predictions_written_column_by_column_are_the_rows_as_json(classes):
+    from spiralctl.commands import PredictionBlock
+    from spiralctl.ui import prediction_csv_lines, prediction_json_lines
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, len(classes)))
+    probabilities = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    truth = [classes[i] for i in rng.integers(0, len(classes), 40)]
+    for true_label in (None, truth):
+        block = PredictionBlock(
+            [f"s{i}" for i in range(40)],
+            np.full(40, 7),
+            probabilities,
+            logits.argmax(axis=1),
+            classes,
+            true_label,
+        )
+        rows = list(block.rows())
+        assert prediction_json_lines(block) == "".join(json.dumps(row) + "\n" for row in rows)
+        lines = prediction_csv_lines(block, header=True).splitlines()
+        assert lines[0].split(",")[:4] == ["sequence", "points", "label", "probability"]
+        assert len(lines) == 41 and lines[1].startswith(
+            f"s0,7,{rows[0]['label']},{rows[0]['probability']!r},"
+        )
+
+
+def test_split_options_that_would_be_ignored_are_errors(run, tmp_path, csv_run):
+    source, _ = csv_run
+    other = _long_csv(tmp_path / "other.csv", ["sequence", "temp", "press", "hum", "label"], seed=1)
+    for options, named in (
+        (["--test", other, "--test-fraction", 0.2], "--test-fraction"),
+        (["--val", other, "--val-fraction", 0.1], "--val-fraction"),
+    ):
+        result = run("import", source, "out", *options)
+        assert result.exit_code == 2 and named in _error(result) and not (tmp_path / "out").exists()
+    result = run("import", "ucr:ItalyPowerDemand", "out", "--test-fraction", 0.2)
+    assert result.exit_code == 2 and "official test split" in _error(result)
+
+
+def test_plot_refuses_a_threshold_for_three_classes(run, tmp_path, csv_run):
+    pytest.importorskip("matplotlib")
+    source, trained = csv_run
+    result = run(
+        "plot", source, "--checkpoint", trained / "best.safetensors", "--threshold", 0.7, "-o", "p.png"
+    )
+    assert result.exit_code == 2 and "--threshold" in _error(result) and not (tmp_path / "p.png").exists()
