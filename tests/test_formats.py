@@ -500,11 +500,13 @@ def test_npy_of_any_features_with_labels_of_ints_or_strings():
     assert read.labels == ["0", "1", "2", "1"] and read.names == ["0", "1", "2", "3"] and read.lines is None
     np.testing.assert_array_equal(np.stack(read.sequences), x.astype(np.float32))
     assert read_labelled("x.npy", Path("names.npy")).labels == ["Up", "down", "Up", "x"]
-    np.save("floats.npy", np.array([0.0, 1, 2, 1]))
-    message = _error(read_labelled, "x.npy", Path("floats.npy"))
+    np.save("floats.npy", np.array([0.0, 1, 2, 1]))  # whole numbers saved as floats: their digits
+    assert read_labelled("x.npy", Path("floats.npy")).labels == ["0", "1", "2", "1"]
+    np.save("fractions.npy", np.array([0.5, 1, 2, 1]))
+    message = _error(read_labelled, "x.npy", Path("fractions.npy"))
     assert (
         message
-        == "labels floats.npy: labels must be one per sequence, [4] integers or class names; found float64[4]"
+        == "labels fractions.npy: labels must be one per sequence, [4] integers or class names; found float64[4]"
     )
     assert _error(read_labelled, "x.npy").startswith("x.npy holds no labels: give them as a .npy array [N]")
 

@@ -163,8 +163,9 @@ BAD = [
         "g.csv",
         "sequence,x,y,label\na,1,2,0\na,2,2,0\nb,1,2,1\nb,1,3,1\n",
         [],
-        "g.csv: 1 of class '0', 1 of class '1' are too few sequences for the fractions given: the val "
-        "split would be empty; give more sequences or a smaller fraction\n",
+        "g.csv: 1 of class 'clockwise', 1 of class 'anticlockwise' are too few sequences for the "
+        "fractions given: the val split would be empty; give more sequences, a smaller fraction, or "
+        "--val-fraction 0 to train on all of them\n",
     ),
     (
         "h.json",

@@ -158,9 +158,15 @@ def test_next_run_dir_counts_up(tmp_path):
     assert next_run_dir(tmp_path / "runs").name == "train-8"
 
 
-def test_existing_run_folder_needs_exist_ok(small_data, trained_run):
-    with pytest.raises(SpiralError, match="exist_ok"):
+def test_existing_run_folder_needs_exist_ok(small_data, trained_run, tmp_path):
+    # a folder holding a run says so first: --exist-ok would not help there
+    with pytest.raises(SpiralError, match="holds a run") as info:
         commands.train(TrainConfig(epochs=1), data_dir=small_data, out=trained_run, device="cpu")
+    assert "exist_ok" not in info.value.message
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SpiralError, match="exist_ok"):
+        commands.train(TrainConfig(epochs=1), data_dir=small_data, out=tmp_path / "other", device="cpu")
 
 
 def test_diverging_loss_stops_with_exit_code_1(tmp_path, small_data):
