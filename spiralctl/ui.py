@@ -474,7 +474,7 @@ def prediction_json_lines(block) -> str:
     every = columns[4 : 4 + len(classes)]
     keys = [encode(name) for name in classes]
     label_text = {name: encode(name) for name in classes}
-    truth = [f", \"true_label\": {encode(t)}}}\n" for t in block.true_label] if block.true_label else None
+    truth = [f', "true_label": {encode(t)}}}\n' for t in block.true_label] if block.true_label else None
     lines = []
     for i, (name, count, label, p) in enumerate(zip(names, points, labels, probability)):
         spread = ", ".join(f"{key}: {values[i]!r}" for key, values in zip(keys, every))
