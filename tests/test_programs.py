@@ -20,7 +20,7 @@ from spiralctl import commands
 from spiralctl.config import TrainConfig
 from spiralctl.kernels import programs
 
-CONFIG = {"epochs": 2, "batch_size": 32, "hidden": 4, "seed": 1}  # trained_run's
+CONFIG = {"epochs": 2, "batch_size": 32, "hidden": 4, "seed": 1}  # trained_run's (conftest.py)
 
 # a second process: loads the cache, trains, then lowers one new kernel (proof that the hook
 # counting lowered programs works), and says what it loaded and lowered
@@ -53,12 +53,45 @@ print(json.dumps({"loaded": loaded, "trained": trained, "control": names[before:
 """
 
 
+def _use_program_cache(patch: pytest.MonkeyPatch, cache: dict) -> None:
+    """tinygrad's in-memory program cache (`to_program_cache`) is `cache` while `patch` holds."""
+    import tinygrad.codegen as codegen
+    import tinygrad.engine.realize as realize
+
+    patch.setattr(codegen, "to_program_cache", cache)
+    patch.setattr(realize, "to_program_cache", cache)
+
+
+@pytest.fixture(scope="module")
+def config_programs(tmp_path_factory, small_data) -> dict:
+    """The programs a training of CONFIG makes, and no others. This process's own cache holds
+    whatever the tests before made (in a whole run, more programs than the file keeps, OpenCL's
+    among them), which once made these tests depend on what ran before them."""
+    from tinygrad.runtime import ops_cpu
+
+    programs_made: dict = {}
+    with pytest.MonkeyPatch.context() as patch:
+        _use_program_cache(patch, programs_made)
+        run_dir = tmp_path_factory.mktemp("programs") / "run"
+        commands.train(TrainConfig(**CONFIG), data_dir=small_data, out=run_dir, device="cpu", plots=False)
+        # and the CPU device's own four, which a process makes as it opens the device through
+        # spiralctl (this one may have opened it otherwise, before): a second device makes them
+        programs.before_cpu_device()
+        ops_cpu.CPUDevice("CPU")
+    return programs_made
+
+
 @pytest.fixture
-def cache_file(tmp_path, monkeypatch) -> Path:
-    """This process reads and writes the program cache, in a folder of the test's own."""
+def cache_file(tmp_path, monkeypatch, config_programs) -> Path:
+    """This process reads and writes the program cache, in a folder of the test's own, and holds
+    the programs of a training of CONFIG (a copy of its own), no others."""
     path = tmp_path / "cache" / programs.file_name()
     monkeypatch.setattr(programs, "enabled", True)
     monkeypatch.setattr(programs, "cache_path", lambda: path)
+    monkeypatch.setattr(programs, "_known", {})
+    monkeypatch.setattr(programs, "_loaded", set())
+    monkeypatch.setattr(programs, "_damaged", set())
+    _use_program_cache(monkeypatch, dict(config_programs))
     return path
 
 
@@ -68,15 +101,15 @@ def _losses(run_dir: Path) -> list[tuple]:
     return [tuple(m[k] for k in keys) for m in lines]
 
 
-def _compiled_here(trained_run) -> None:
-    """Make sure this process holds the programs of trained_run's config (the fixture trained it)."""
+def _compiled_here() -> None:
+    """Make sure this process holds the programs of a training of CONFIG (`cache_file` gave them)."""
     from tinygrad.codegen import to_program_cache
 
-    assert trained_run.is_dir() and len(to_program_cache) >= 5
+    assert len(to_program_cache) >= 5
 
 
 def test_a_second_process_lowers_nothing_the_first_saved_and_trains_to_the_same_bits(
-    cache_file, tmp_path, small_data, trained_run
+    cache_file, tmp_path, small_data
 ):
     first = tmp_path / "first"
     commands.train(TrainConfig(**CONFIG), data_dir=small_data, out=first, device="cpu", plots=False)
@@ -160,8 +193,8 @@ def _bad_files(good: bytes, pairs: list) -> dict[str, bytes]:
     }
 
 
-def test_a_corrupt_or_foreign_file_is_ignored_and_replaced(cache_file, trained_run):
-    _compiled_here(trained_run)
+def test_a_corrupt_or_foreign_file_is_ignored_and_replaced(cache_file):
+    _compiled_here()
     assert programs.save_programs() >= 5
     good = cache_file.read_bytes()
     pairs = programs._read(cache_file)
@@ -175,9 +208,9 @@ def test_a_corrupt_or_foreign_file_is_ignored_and_replaced(cache_file, trained_r
     assert sorted(p.name for p in cache_file.parent.iterdir()) == [cache_file.name]
 
 
-def test_a_file_others_may_write_is_not_loaded(cache_file, trained_run):
+def test_a_file_others_may_write_is_not_loaded(cache_file):
     """Unpickling runs code: a cache file that anyone but its owner may change is not read."""
-    _compiled_here(trained_run)
+    _compiled_here()
     assert programs.save_programs() >= 5
     assert programs._read(cache_file)
     for mode in (0o664, 0o646):
@@ -192,10 +225,10 @@ def test_the_file_name_names_this_machine():
     assert programs._machine() == programs._machine()
 
 
-def test_a_damaged_entry_is_skipped_the_others_load_and_the_next_write_drops_it(cache_file, trained_run):
+def test_a_damaged_entry_is_skipped_the_others_load_and_the_next_write_drops_it(cache_file):
     from tinygrad.codegen import to_program_cache
 
-    _compiled_here(trained_run)
+    _compiled_here()
     programs.save_programs()
     pairs = programs._read(cache_file)
     cache_file.write_bytes(_file_bytes(programs._header(), [(pairs[0][0], b"junk"), *pairs[1:]]))
@@ -212,7 +245,7 @@ def test_a_damaged_entry_is_skipped_the_others_load_and_the_next_write_drops_it(
     assert sorted(programs._read(cache_file)) == sorted(pairs)
 
 
-def test_cachelevel_0_reads_and_writes_nothing(tmp_path, monkeypatch, small_data, trained_run):
+def test_cachelevel_0_reads_and_writes_nothing(tmp_path, monkeypatch, small_data):
     from tinygrad import helpers
     from tinygrad.helpers import Context
 
@@ -258,9 +291,9 @@ class _FailingOs:
         return Failing()
 
 
-def _entries_and_previous(cache_file, trained_run) -> tuple[bytes, int]:
+def _entries_and_previous(cache_file) -> tuple[bytes, int]:
     """A valid cache file that lacks one of this process's programs: (its bytes, entries)."""
-    _compiled_here(trained_run)
+    _compiled_here()
     programs.save_programs()
     pairs = programs._read(cache_file)
     cache_file.write_bytes(_file_bytes(programs._header(), pairs[:-1]))
@@ -280,20 +313,18 @@ def test_an_unwritable_folder_fails_no_run(run, cache_file, tmp_path, monkeypatc
     assert programs.save_programs() == 0  # tried again, failed again, raised nothing
 
 
-def test_a_full_disk_leaves_the_previous_file_whole(cache_file, trained_run, monkeypatch):
-    previous, _ = _entries_and_previous(cache_file, trained_run)
+def test_a_full_disk_leaves_the_previous_file_whole(cache_file, monkeypatch):
+    previous, _ = _entries_and_previous(cache_file)
     monkeypatch.setattr(programs, "os", _FailingOs(OSError(errno.ENOSPC, "No space left on device")))
     assert programs.save_programs() == 0
     assert cache_file.read_bytes() == previous
     assert sorted(p.name for p in cache_file.parent.iterdir()) == [cache_file.name]
-    monkeypatch.undo()
-    monkeypatch.setattr(programs, "enabled", True)
-    monkeypatch.setattr(programs, "cache_path", lambda: cache_file)
+    monkeypatch.setattr(programs, "os", os)
     assert programs.save_programs() >= 1  # space again: the next save writes
 
 
-def test_ctrl_c_mid_write_leaves_no_partial_file(cache_file, trained_run, monkeypatch):
-    previous, _ = _entries_and_previous(cache_file, trained_run)
+def test_ctrl_c_mid_write_leaves_no_partial_file(cache_file, monkeypatch):
+    previous, _ = _entries_and_previous(cache_file)
     monkeypatch.setattr(programs, "os", _FailingOs(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         programs.save_programs()
@@ -302,8 +333,8 @@ def test_ctrl_c_mid_write_leaves_no_partial_file(cache_file, trained_run, monkey
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_mid_write_waits_for_the_whole_file(cache_file, trained_run, monkeypatch, signum):
-    _, entries = _entries_and_previous(cache_file, trained_run)
+def test_a_signal_mid_write_waits_for_the_whole_file(cache_file, monkeypatch, signum):
+    _, entries = _entries_and_previous(cache_file)
     received = []
     monkeypatch.setattr(programs, "os", _FailingOs(None, during=lambda: os.kill(os.getpid(), signum)))
     previous = signal.signal(signum, lambda number, frame: received.append(number))
@@ -316,10 +347,10 @@ def test_a_signal_mid_write_waits_for_the_whole_file(cache_file, trained_run, mo
     assert sorted(p.name for p in cache_file.parent.iterdir()) == [cache_file.name]
 
 
-def test_the_file_keeps_the_newest_entries_and_what_others_saved(cache_file, trained_run, monkeypatch):
+def test_the_file_keeps_the_newest_entries_and_what_others_saved(cache_file, monkeypatch):
     from tinygrad.codegen import to_program_cache
 
-    _compiled_here(trained_run)
+    _compiled_here()
     # another process saved a program after this one loaded the file
     assert programs.load_programs() == 0
     other = (pickle.dumps(("someone else's kernel",)), pickle.dumps(next(iter(to_program_cache.values()))))

@@ -28,14 +28,20 @@ def _lstm_run(arrays, grad_h):
     return [o.numpy() for o in lstm_outputs(arrays, grad_h)]
 
 
+# the time steps of both runs below: the training step's recurrences and weight gradients are
+# then the kernels `_lstm_run` made already (at B = 48, H = 20 the weight gradients' code takes
+# tinygrad about 4 s to generate, each time its shape is new)
+STEPS = 7
+
+
 def _train_run(threads, batch, hidden):
     use_cpu_threads(threads)
-    data = generate(DataConfig(sequences=2 * batch, length=6, seed=2))["train"]
+    data = generate(DataConfig(sequences=2 * batch, length=STEPS, seed=2))["train"]
     config = ModelConfig(hidden=hidden)
     model = SpiralClassifier(config, init_parameters(config, seed=1), "CPU")
     trainer = Trainer(model, TrainConfig(hidden=hidden, batch_size=batch))
     mask = np.ones(batch, np.float32)
-    lengths = 2 + np.arange(batch) % 5  # sequences of 2 to 6 points
+    lengths = 2 + np.arange(batch) % (STEPS - 1)  # sequences of 2 to 7 points
     results = [np.array(trainer.step(data.x[:batch], data.y[:batch], mask, lengths)) for _ in range(2)]
     return results, model.state_dict()
 
@@ -52,7 +58,7 @@ SPLIT_SHAPES = [(48, 20), (128, 16), (32, 128)]
 @pytest.mark.parametrize("batch, hidden", SPLIT_SHAPES)
 def test_threads_give_the_same_bits_as_one(threads, batch, hidden, restore_threads, monkeypatch):
     rng = np.random.default_rng(5)
-    shapes = [(batch, 7, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    shapes = [(batch, STEPS, 2), (4 * hidden, 2), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
     arrays = [rng.standard_normal(s).astype(np.float32) * 0.6 for s in shapes]
     grad_h = rng.standard_normal((batch, hidden)).astype(np.float32)
     use_cpu_threads(1)

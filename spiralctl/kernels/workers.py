@@ -95,23 +95,53 @@ class _ForkedPool(multiprocessing.pool.Pool):
 
 
 @contextmanager
-def _ignored_by_new_processes(*signums: int) -> Iterator[None]:
-    """Processes started inside ignore `signums` from their first instruction: an ignored signal
-    stays ignored across exec, and Python then installs no handler of its own. (Without this, a
-    Ctrl-C to the process group while a worker was still importing tinygrad, before
-    `_init_worker` ran, printed the worker's KeyboardInterrupt traceback.) This process's own
-    signals are held meanwhile and delivered after, to its own handlers."""
+def _held_from_new_processes(*signums: int) -> Iterator[None]:
+    """Processes started inside hold `signums` back from their first instruction until
+    `_init_worker` ignores them (which discards one held meanwhile): they start with them blocked,
+    a signal mask that fork and exec both keep. (Without this, a Ctrl-C to the process group while
+    a worker was still importing tinygrad, before `_init_worker` ran, printed the worker's
+    KeyboardInterrupt traceback.) This process's own signals are held meanwhile and delivered
+    after, to its own handlers.
+
+    Blocking them is not enough for this process: the mask is the calling thread's, and a signal
+    sent to the process goes to any thread that does not block it (OpenBLAS's threads, until the
+    first fork stops them; the other Python threads when the workers are spawned). So the handlers
+    are replaced too, with one that notes the signal, which is raised again at the end. (They were
+    once set to SIG_IGN instead, for the process as a whole: a Ctrl-C or a SIGTERM that such a
+    thread took in between was then discarded, and the command went on as if none was sent. A
+    signal this process was started ignoring stays ignored, as before.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
+
+    def note(signum, frame) -> None:
+        received.append(signum)
+
     held = signal.pthread_sigmask(signal.SIG_BLOCK, set(signums))
-    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    handlers = {}
     try:
+        for signum in signums:
+            # SIG_IGN: ignored here, and by the workers too; None: set outside Python, left alone
+            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                handlers[signum] = signal.signal(signum, note)
         yield
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):  # pending for this thread until its mask is back
+            signal.raise_signal(signum)
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, if spawned workers will need it: started
+    later, from inside `_held_from_new_processes`, it unblocks SIGINT and SIGTERM in this thread
+    as it spawns (multiprocessing/resource_tracker.py), and the workers spawned after it would
+    start without them blocked."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
 
 
 def _forkable(device: str | None) -> bool:
@@ -154,11 +184,14 @@ def start_compile_workers(device: str | None = None) -> None:
 
     if worker.worker_pool is not None or PARALLEL.value == 0 or multiprocessing.current_process().daemon:
         return
+    forked = _forkable(device)
+    if not forked:
+        _start_resource_tracker()
     # everything up to the pool's own finalizer being replaced happens with Ctrl-C and SIGTERM
     # held back: one that arrived in between left the default finalizer, which joins the
     # workers (they ignore its SIGTERM) forever
-    with _ignored_by_new_processes(signal.SIGINT, signal.SIGTERM):
-        if _forkable(device):
+    with _held_from_new_processes(signal.SIGINT, signal.SIGTERM):
+        if forked:
             pool = _fork_pool(PARALLEL.value)
         else:
             max_tasks = getenv("BEAM_MAX_TASKS_PER_CHILD", 16)
