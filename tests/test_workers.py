@@ -263,6 +263,9 @@ def interrupted_while_made(*args):
     if where == "after":
         os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, right now
         time.sleep(0.2)
+    elif where == "group":  # a terminal's Ctrl-C: to the workers too, as they import tinygrad
+        os.killpg(0, signal.SIGINT)
+        time.sleep(1.0)
     return pool
 
 if method == "fork":
@@ -279,6 +282,7 @@ print(json.dumps({
     "interrupted": interrupted,
     "method": pool._ctx.get_start_method(),
     "pids": [p.pid for p in pool._pool],
+    "alive": [p.is_alive() for p in pool._pool],
     "ignored": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
 }))
 """
@@ -293,16 +297,17 @@ def _ctrl_c_as_the_pool_is_made(tmp_path, sigint: str, where: str, method: str) 
         capture_output=True,
         text=True,
         timeout=240,
+        start_new_session=True,  # a process group of its own, for "group"
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
 @pytest.mark.parametrize(
     "where, method",
-    [("after", "fork"), ("before", "fork"), ("after", "spawn")],
-    ids=["forked", "before-fork", "spawned"],
+    [("after", "fork"), ("before", "fork"), ("after", "spawn"), ("group", "spawn")],
+    ids=["forked", "before-fork", "spawned", "spawned-group"],
 )
 def test_a_ctrl_c_as_the_workers_start_leaves_them_ready_to_be_killed(tmp_path, where, method):
     """A Ctrl-C that arrives while the pool is made is held back until the pool is set up: its
@@ -310,10 +315,12 @@ def test_a_ctrl_c_as_the_workers_start_leaves_them_ready_to_be_killed(tmp_path, 
     multiprocessing's finalizer, which joined the workers forever). Nor is it lost: the workers
     were once made with SIGINT ignored by the whole process, and a thread that did not block it
     (the one that makes them spawned; a native one, such as OpenBLAS's, before the first fork)
-    took it and dropped it, every time."""
+    took it and dropped it, every time. Spawned workers that the Ctrl-C reaches as well, still
+    importing tinygrad, hold it back (they start with it blocked) and live on without a word."""
     result = _ctrl_c_as_the_pool_is_made(tmp_path, "default", where, method)
     assert result["method"] == method
     assert result["interrupted"] and len(result["pids"]) == 2
+    assert result["alive"] == [True, True] and result["stderr"] == ""
     for pid in result["pids"]:  # killed and reaped at the process's exit
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
