@@ -822,11 +822,11 @@ def predict_blocks(
     first = next(blocks)  # a bad input is reported before the model is loaded
     loaded = load_model(checkpoint_path, options.device)
     _check_threshold(loaded, options, threshold_given)
-    _check_inputs(loaded, first.x.shape[2], "stdin" if source == "-" else source)
+    where = "stdin" if source == "-" else source
+    _check_inputs(loaded, first.x.shape[2], where)  # the readers give every block of a file one D
     with _predictor(loaded, options) as predictor:
         for block in itertools.chain([first], blocks):
-            _check_inputs(loaded, block.x.shape[2], "stdin" if source == "-" else source)
-            block = _in_model_order(loaded, block, "stdin" if source == "-" else source)
+            block = _in_model_order(loaded, block, where)
             logits = predictor.logits(block.x, block.lengths)
             yield PredictionBlock(
                 block.names,
